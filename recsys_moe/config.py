@@ -1,0 +1,186 @@
+"""Experiment configuration: pydantic models for every section, loaded from one YAML file.
+
+One YAML file per experiment lives under ``configs/``. Command-line overrides use dotted paths
+(``--set data.synthetic.num_impressions=1000000``); their values are parsed as YAML scalars, so
+``8`` is an int, ``0.5`` a float and ``[1, 2]`` a list. Unknown keys and bad values fail with a
+:class:`ConfigError` that names the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class SyntheticConfig(_Section):
+    """Parameters of the embedded synthetic feed (see :mod:`recsys_moe.data.synthetic`)."""
+
+    num_users: PositiveInt = 20_000
+    num_items: PositiveInt = 10_000
+    num_impressions: PositiveInt = 1_000_000
+    start_date: dt.date = dt.date(2024, 1, 1)
+    num_days: PositiveInt = 14
+    latent_dim: PositiveInt = 16
+    num_categories: PositiveInt = 30
+    num_creators: PositiveInt = 2_000
+    num_tags: PositiveInt = 200
+    slots_per_page: PositiveInt = 10
+    click_rate: Probability = 0.2
+    watch_zero_share: Probability = 0.35
+    task_correlation: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.5
+    """Pearson correlation of the click and watch-time latent affinities (MMoE paper, sec. 3)."""
+    affinity_scale: Annotated[float, Field(gt=0.0)] = 1.5
+    """Weight of the user-item affinity in the click logit: higher means a more learnable task."""
+    position_bias: Annotated[float, Field(ge=0.0)] = 0.6
+    """Click logit penalty per log2(1 + slot)."""
+    watch_sigma: Annotated[float, Field(gt=0.0)] = 0.8
+    """Standard deviation of log watch time given a non-zero watch (heavy tail)."""
+    chunk_rows: PositiveInt = 500_000
+    """Impressions generated and written per part file; bounds memory."""
+
+
+class KuaiRandConfig(_Section):
+    """Where the KuaiRand-Pure files are; see ``../shared/data/kuairand/README.md``."""
+
+    path: Path = Path("../shared/data/kuairand")
+
+
+class DataConfig(_Section):
+    source: Literal["synthetic", "kuairand"] = "synthetic"
+    raw_dir: Path = Path("data/synthetic/raw")
+    """Where `data synth` writes raw tables, and where synthetic raw tables are read from."""
+    synthetic: SyntheticConfig = SyntheticConfig()
+    kuairand: KuaiRandConfig = KuaiRandConfig()
+
+
+class ExperimentConfig(_Section):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "synthetic"
+    seed: int = 42
+    work_dir: Path = Path("runs")
+    """Root for everything a run writes (features, checkpoints, reports, scores)."""
+
+
+class Config(_Section):
+    """The whole experiment. Every section has defaults, so a YAML file states only what differs."""
+
+    experiment: ExperimentConfig = ExperimentConfig()
+    data: DataConfig = DataConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        syn = self.data.synthetic
+        if syn.num_impressions < syn.num_days:
+            raise ValueError(
+                f"data.synthetic.num_impressions ({syn.num_impressions}) must be at least "
+                f"data.synthetic.num_days ({syn.num_days})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain JSON types (for MLflow params and saved copies)."""
+        return self.model_dump(mode="json")
+
+    def content_hash(self) -> str:
+        """Stable short hash of the resolved config."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.num_experts=8")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key or key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted overrides set (sections are created as needed)."""
+    out = json.loads(json.dumps(raw, default=str))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {loc}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    """Validate a plain dict as a :class:`Config`; errors name ``source`` and every bad key."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load ``path`` (YAML), apply dotted ``overrides`` and validate.
+
+    Relative paths inside the config are kept as written: they resolve against the current
+    directory, which is the project root for the documented commands.
+    """
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source += " with --set " + " ".join(overrides)
+    return config_from_dict(raw, source)

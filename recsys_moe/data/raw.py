@@ -1,0 +1,71 @@
+"""Raw tables as every later stage sees them, whatever the source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from recsys_moe.config import DataConfig
+from recsys_moe.data.schema import validate_impressions, validate_items, validate_users
+
+
+@dataclass
+class RawTables:
+    """Impressions (lazy: may not fit in memory), users, items, optional prior history and oracle.
+
+    ``files`` maps each table name to the file(s) it came from, for error messages.
+    """
+
+    impressions: pl.LazyFrame
+    users: pl.DataFrame
+    items: pl.DataFrame
+    source: str
+    history: pl.DataFrame | None = None
+    oracle: pl.LazyFrame | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Validate every table; raises :class:`~recsys_moe.data.schema.RawDataError`."""
+        validate_users(self.users, self.files.get("users", "users"))
+        validate_items(self.items, self.files.get("items", "items"))
+        validate_impressions(self.impressions, self.files.get("impressions", "impressions"))
+
+
+def read_synthetic(raw_dir: Path) -> RawTables:
+    """Open the tables written by ``recsys-moe data synth`` (see :mod:`recsys_moe.data.synthetic`)."""
+    raw_dir = Path(raw_dir)
+    if not (raw_dir / "MANIFEST.json").is_file():
+        raise FileNotFoundError(
+            f"{raw_dir}: no synthetic data here (MANIFEST.json missing); "
+            "run `recsys-moe data synth --config <config>` first"
+        )
+    imp_glob = str(raw_dir / "impressions" / "*" / "*.parquet")
+    oracle_glob = str(raw_dir / "oracle" / "*" / "*.parquet")
+    return RawTables(
+        impressions=pl.scan_parquet(imp_glob, hive_partitioning=False),
+        users=pl.read_parquet(raw_dir / "users.parquet"),
+        items=pl.read_parquet(raw_dir / "items.parquet"),
+        oracle=pl.scan_parquet(oracle_glob, hive_partitioning=False),
+        source="synthetic",
+        files={
+            "impressions": imp_glob,
+            "users": str(raw_dir / "users.parquet"),
+            "items": str(raw_dir / "items.parquet"),
+            "oracle": oracle_glob,
+        },
+    )
+
+
+def load_raw(cfg: DataConfig, validate: bool = True) -> RawTables:
+    """Read the configured source's raw tables, validated unless ``validate=False``."""
+    if cfg.source == "synthetic":
+        tables = read_synthetic(cfg.raw_dir)
+    else:
+        from recsys_moe.data.kuairand import read_kuairand
+
+        tables = read_kuairand(cfg.kuairand.path)
+    if validate:
+        tables.validate()
+    return tables
