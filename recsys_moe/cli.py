@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Raw data: generate the synthetic feed, validate a source.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+features_app = typer.Typer(help="Feature pipeline: fit a FeatureSpec, transform raw logs to model-ready Parquet.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
 console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML under configs/.")]
@@ -166,6 +168,99 @@ def data_validate(config: ConfigOpt = Path("configs/synthetic.yaml"), overrides:
     table.add_row("items table rows", f"{raw.items.height:,}")
     table.add_row("prior history", "yes" if raw.history is not None else "no")
     Console().print(table)
+
+
+def _features_paths(cfg: Config) -> tuple[Path, Path]:
+    base = cfg.experiment.work_dir / "features"
+    return base / "spec", base / "data"
+
+
+def _day_progress(bar: Progress, total: int, label: str):
+    import time
+
+    task = bar.add_task(label, total=total, rate="")
+    start = time.perf_counter()
+    rows = [0]
+
+    def on_day(day: str, n: int) -> None:
+        rows[0] += n
+        bar.update(task, advance=1, description=f"{label} {day}", rate=f"{rows[0] / (time.perf_counter() - start):,.0f} rows/s")
+
+    return on_day
+
+
+@features_app.command("fit")
+def features_fit(
+    config: ConfigOpt = Path("configs/synthetic.yaml"),
+    overrides: SetOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Spec directory (default: <work_dir>/features/spec).")] = None,
+) -> None:
+    """Learn vocabularies and numeric statistics from the train window; save the FeatureSpec."""
+    from recsys_moe.data.raw import load_raw
+    from recsys_moe.data.schema import RawDataError
+    from recsys_moe.features import FeatureError, fit
+    from recsys_moe.features.enrich import days_in_log
+
+    cfg = _load(config, overrides)
+    out = output or _features_paths(cfg)[0]
+    try:
+        raw = load_raw(cfg.data)
+        n_days = sum(1 for d in days_in_log(raw) if d <= cfg.split.train.end)
+        with progress_bar() as bar:
+            spec = fit(raw, cfg, on_day=_day_progress(bar, n_days, "fitting"))
+    except (RawDataError, FeatureError, FileNotFoundError) as exc:
+        fail(str(exc))
+        raise
+    spec.save(out)
+    table = Table(title=f"FeatureSpec {spec.content_hash} -> {out}")
+    for col in ("table", "vocabulary", "hash buckets", "dim"):
+        table.add_column(col)
+    for t in spec.tables.values():
+        table.add_row(t.name, f"{len(t.vocab):,}", str(t.hash_buckets), str(t.dim))
+    Console().print(table)
+    console.print(f"fitted on {spec.rows_fitted:,} train rows ({spec.train_window[0]}..{spec.train_window[1]})")
+
+
+@features_app.command("transform")
+def features_transform(
+    config: ConfigOpt = Path("configs/synthetic.yaml"),
+    overrides: SetOpt = None,
+    spec_dir: Annotated[Path | None, typer.Option("--spec", help="FeatureSpec directory (default: <work_dir>/features/spec).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output directory (default: <work_dir>/features/data).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
+) -> None:
+    """Write model-ready Parquet for the train/validation/test windows; print rows and OOV/null rates."""
+    from recsys_moe.data.raw import load_raw
+    from recsys_moe.data.schema import RawDataError
+    from recsys_moe.features import FeatureError, FeatureSpec, SpecError, transform
+    from recsys_moe.features.enrich import days_in_log
+
+    cfg = _load(config, overrides)
+    default_spec, default_out = _features_paths(cfg)
+    out = output or default_out
+    try:
+        spec = FeatureSpec.load(spec_dir or default_spec)
+        spec.check_matches(cfg.features, where=f"config {config}")
+        raw = load_raw(cfg.data)
+        last = cfg.split.test.end
+        n_days = sum(1 for d in days_in_log(raw) if d <= last)
+        with progress_bar() as bar:
+            summary = transform(raw, spec, cfg.split, out, on_day=_day_progress(bar, n_days, "transforming"), overwrite=overwrite)
+    except (RawDataError, FeatureError, SpecError, FileNotFoundError, FileExistsError) as exc:
+        fail(str(exc))
+        raise
+    table = Table(title=f"features -> {out}")
+    for col in ("feature", "kind", "null rate", "OOV rate"):
+        table.add_column(col)
+    for row in summary.per_feature(spec):
+        oov = row["oov_rate"]
+        table.add_row(str(row["feature"]), str(row["kind"]), f"{row['null_rate']:.4f}", "-" if oov is None else f"{oov:.4f}")
+    Console().print(table)
+    rows_out = ", ".join(f"{k} {v:,}" for k, v in summary.rows_out.items())
+    console.print(
+        f"rows in {summary.rows_in:,}; rows out: {rows_out}; {summary.seconds:.1f}s "
+        f"({summary.rows_in / max(summary.seconds, 1e-9):,.0f} rows/s)", highlight=False,
+    )
 
 
 def main() -> None:

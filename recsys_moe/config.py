@@ -71,6 +71,115 @@ class DataConfig(_Section):
     kuairand: KuaiRandConfig = KuaiRandConfig()
 
 
+Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+# nn.ModuleDict attributes: a torchrec table named like one of these cannot be registered.
+RESERVED_TABLE_NAMES = {"items", "keys", "values", "update", "pop", "clear", "forward", "training"}
+RESERVED_COLUMNS = {"impression_id", "timestamp", "raw_user_id", "raw_item_id", "click", "watch_time_s"}
+
+
+class FeatureDef(_Section):
+    """One model input. ``source`` is a column of the enriched impression frame: an impressions,
+    users or items column, a derived column (``hour``, ``weekday``) or a point-in-time column
+    (see :data:`recsys_moe.features.enrich.POINT_IN_TIME_COLUMNS`)."""
+
+    name: Identifier
+    kind: Literal["id", "id_list", "numeric"]
+    source: str
+    table: Identifier | None = None
+    """Embedding table (ids and lists); features naming the same table share it. Default: name."""
+    dim: PositiveInt = 16
+    min_count: PositiveInt = 1
+    max_vocab: PositiveInt | None = None
+    hash_buckets: Annotated[int, Field(ge=0)] = 0
+    """Integer ids outside the vocabulary go to ``id % hash_buckets`` buckets instead of OOV."""
+    pooling: Literal["sum", "mean"] = "mean"
+    max_len: PositiveInt = 20
+    transform: list[Literal["log1p", "standardize"]] = []
+    clip: tuple[float, float] | None = None
+    default: float = 0.0
+    missing_indicator: bool = False
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.name
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> FeatureDef:
+        if self.kind == "numeric" and (self.table or self.hash_buckets or self.max_vocab):
+            raise ValueError(f"feature {self.name!r}: table/hash_buckets/max_vocab apply to ids, not numeric")
+        if self.kind != "numeric" and (self.transform or self.clip or self.missing_indicator):
+            raise ValueError(f"feature {self.name!r}: transform/clip/missing_indicator apply to numeric features")
+        if self.clip and self.clip[0] >= self.clip[1]:
+            raise ValueError(f"feature {self.name!r}: clip lower bound must be below upper bound")
+        return self
+
+
+class HistoryConfig(_Section):
+    """Point-in-time user history and counters (computed only from strictly earlier impressions)."""
+
+    max_len: PositiveInt = 20
+    long_watch_s: Annotated[float, Field(gt=0)] = 20.0
+    """An impression with watch_time_s >= this is a long watch."""
+
+
+class FeaturesConfig(_Section):
+    history: HistoryConfig = HistoryConfig()
+    features: list[FeatureDef] = []
+
+    @model_validator(mode="after")
+    def _check_features(self) -> FeaturesConfig:
+        names = [f.name for f in self.features]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate feature names: {dup}")
+        clash = sorted(set(names) & RESERVED_COLUMNS)
+        if clash:
+            raise ValueError(f"feature names {clash} are reserved for output columns")
+        dims: dict[str, int] = {}
+        for f in self.features:
+            if f.kind == "numeric":
+                continue
+            if f.table_name in RESERVED_TABLE_NAMES:
+                raise ValueError(f"feature {f.name!r}: table name {f.table_name!r} is reserved (nn.ModuleDict attribute)")
+            if dims.setdefault(f.table_name, f.dim) != f.dim:
+                raise ValueError(f"table {f.table_name!r}: features disagree on dim ({dims[f.table_name]} vs {f.dim})")
+        return self
+
+    def content_hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class Window(_Section):
+    """Calendar days, both ends included, in the timestamp's own time zone."""
+
+    start: dt.date
+    end: dt.date
+
+    @model_validator(mode="after")
+    def _order(self) -> Window:
+        if self.end < self.start:
+            raise ValueError(f"window ends ({self.end}) before it starts ({self.start})")
+        return self
+
+
+class SplitConfig(_Section):
+    """Time-based split: train, then validation, then test, never overlapping (no random splits)."""
+
+    train: Window = Window(start=dt.date(2024, 1, 1), end=dt.date(2024, 1, 10))
+    validation: Window = Window(start=dt.date(2024, 1, 11), end=dt.date(2024, 1, 12))
+    test: Window = Window(start=dt.date(2024, 1, 13), end=dt.date(2024, 1, 14))
+
+    @model_validator(mode="after")
+    def _order(self) -> SplitConfig:
+        if not (self.train.end < self.validation.start and self.validation.end < self.test.start):
+            raise ValueError("split windows must be ordered train < validation < test without overlap")
+        return self
+
+    def windows(self) -> dict[str, Window]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+
 class ExperimentConfig(_Section):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "synthetic"
     seed: int = 42
@@ -83,6 +192,8 @@ class Config(_Section):
 
     experiment: ExperimentConfig = ExperimentConfig()
     data: DataConfig = DataConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    split: SplitConfig = SplitConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -4,7 +4,8 @@ Mapping: ``item_id = video_id``, ``timestamp = time_ms`` (in Asia/Shanghai, so c
 ``click = is_click``, ``watch_time_s = play_time_ms / 1000``. KuaiRand has no slot position.
 Items: ``creator_id = author_id``, ``duration_s = video_duration / 1000``, ``tags`` parsed from the
 comma-separated ``tag`` column, ``category`` = the first tag (-1 when the video has none).
-The per-user history file (from before the logs start) becomes ``RawTables.history``.
+The per-user history file (from before the logs start) becomes ``RawTables.history`` with
+``click_items = watch_seq`` and ``long_watch_items = long_watch_seq`` (assumed oldest first).
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ def read_kuairand(path: str | Path) -> RawTables:
     if hist_file.is_file():
         history = pl.read_parquet(hist_file)
         check_columns(history.schema, _HISTORY_COLUMNS, str(hist_file))
+        # Raw history shape: user_id, click_items, long_watch_items (oldest first). KuaiRand's
+        # pre-period file has watched (not clicked) items: they are the closest seed for clicks.
+        history = history.with_columns(
+            pl.col("watch_seq").alias("click_items"), pl.col("long_watch_seq").alias("long_watch_items")
+        )
     return RawTables(
         impressions=impressions.lazy(),
         users=users,
