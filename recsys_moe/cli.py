@@ -181,10 +181,13 @@ def _day_progress(bar: Progress, total: int, label: str):
     task = bar.add_task(label, total=total, rate="")
     start = time.perf_counter()
     rows = [0]
+    seen: set[str] = set()
 
-    def on_day(day: str, n: int) -> None:
+    def on_day(day: str, n: int) -> None:  # called once per chunk; a day may have several
         rows[0] += n
-        bar.update(task, advance=1, description=f"{label} {day}", rate=f"{rows[0] / (time.perf_counter() - start):,.0f} rows/s")
+        advance = 0 if day in seen else 1
+        seen.add(day)
+        bar.update(task, advance=advance, description=f"{label} {day}", rate=f"{rows[0] / (time.perf_counter() - start):,.0f} rows/s")
 
     return on_day
 

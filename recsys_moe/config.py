@@ -124,6 +124,8 @@ class HistoryConfig(_Section):
 
 class FeaturesConfig(_Section):
     history: HistoryConfig = HistoryConfig()
+    chunk_rows: PositiveInt = 200_000
+    """Rows replayed at a time (a day is split at timestamp changes); bounds transform memory."""
     features: list[FeatureDef] = []
 
     @model_validator(mode="after")
@@ -146,7 +148,8 @@ class FeaturesConfig(_Section):
         return self
 
     def content_hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Hash of what determines feature values (``chunk_rows`` only changes how they are computed)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"chunk_rows"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import polars as pl
 
 from recsys_moe.data.raw import RawTables
@@ -57,18 +58,27 @@ class Replay:
     """Replays a log day by day, carrying the point-in-time state; ``state`` is the state after
     the last day yielded (what a later job continues from)."""
 
-    def __init__(self, raw: RawTables, state: HistoryState):
-        self.raw, self.state = raw, state
+    def __init__(self, raw: RawTables, state: HistoryState, chunk_rows: int = 200_000):
+        self.raw, self.state, self.chunk_rows = raw, state, chunk_rows
 
     def days(self, last_day: dt.date | None = None) -> Iterator[tuple[dt.date, pl.DataFrame]]:
         """Yield (day, enriched rows) up to ``last_day``; rows keep their time order."""
-        for day, chunk, after in _enriched_days(self.raw, self.state, last_day):
+        for day, chunk, after in _enriched_days(self.raw, self.state, self.chunk_rows, last_day):
             self.state = after
             yield day, chunk
 
 
+def slice_bounds(ts: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
+    """Cut sorted timestamps into slices of about ``chunk_rows``, only where the timestamp changes."""
+    cuts = {0, len(ts)}
+    for b in range(chunk_rows, len(ts), chunk_rows):
+        cuts.add(int(np.searchsorted(ts, ts[b], side="left")))
+    edges = sorted(cuts)
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
 def _enriched_days(
-    raw: RawTables, state: HistoryState, last_day: dt.date | None = None,
+    raw: RawTables, state: HistoryState, chunk_rows: int, last_day: dt.date | None = None,
 ) -> Iterator[tuple[dt.date, pl.DataFrame, HistoryState]]:
     check_join_columns(raw)
     dtype = raw.impressions.collect_schema()["timestamp"]
@@ -78,26 +88,37 @@ def _enriched_days(
         if last_day and day > last_day:
             break
         lo, hi = _day_bounds(dtype, day)
-        chunk = (
+        day_rows = (
             raw.impressions.filter((pl.col("timestamp") >= lo) & (pl.col("timestamp") < hi))
             .collect()
             .sort("timestamp", maintain_order=True)
-            .join(raw.users, on="user_id", how="left", maintain_order="left")
-            .join(items, on="item_id", how="left", maintain_order="left")
-            .with_columns(
-                pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"),
-                pl.col("timestamp").dt.weekday().cast(pl.Int8).alias("weekday"),
-            )
         )
-        chunk, state = add_point_in_time(chunk, state)
-        if category is not None:
-            cats = category["category"].cast(pl.Int64)
-            chunk = chunk.with_columns(
-                pl.col("hist_click_items")
-                .list.eval(pl.element().replace_strict(category["item_id"], cats, default=-1))
-                .alias("hist_click_categories")
-            )
-        yield day, chunk, state
+        ts = day_rows["timestamp"].dt.cast_time_unit("ms").cast(pl.Int64).to_numpy()
+        for a, b in slice_bounds(ts, chunk_rows):
+            chunk, state = _enrich(day_rows[a:b], raw, items, category, state)
+            yield day, chunk, state
+
+
+def _enrich(
+    rows: pl.DataFrame, raw: RawTables, items: pl.DataFrame, category: pl.DataFrame | None, state: HistoryState
+) -> tuple[pl.DataFrame, HistoryState]:
+    chunk = (
+        rows.join(raw.users, on="user_id", how="left", maintain_order="left")
+        .join(items, on="item_id", how="left", maintain_order="left")
+        .with_columns(
+            pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"),
+            pl.col("timestamp").dt.weekday().cast(pl.Int8).alias("weekday"),
+        )
+    )
+    chunk, state = add_point_in_time(chunk, state)
+    if category is not None:
+        cats = category["category"].cast(pl.Int64)
+        chunk = chunk.with_columns(
+            pl.col("hist_click_items")
+            .list.eval(pl.element().replace_strict(category["item_id"], cats, default=-1))
+            .alias("hist_click_categories")
+        )
+    return chunk, state
 
 
 def initial_state(raw: RawTables, max_len: int, long_watch_s: float) -> HistoryState:

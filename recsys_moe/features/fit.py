@@ -87,7 +87,7 @@ def fit(raw: RawTables, cfg: Config, on_day: Callable[[str, int], None] | None =
         raise FeatureError("config has no features (features.features is empty)")
     check_sources(features, raw)
     window = cfg.split.train
-    replay = Replay(raw, initial_state(raw, features.history.max_len, features.history.long_watch_s))
+    replay = Replay(raw, initial_state(raw, features.history.max_len, features.history.long_watch_s), features.chunk_rows)
     counts: dict[str, list[pl.DataFrame]] = {}
     moments: dict[str, list[tuple[float, float, int, int]]] = {}
     rows = 0

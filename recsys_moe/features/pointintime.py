@@ -188,7 +188,7 @@ def add_point_in_time(chunk: pl.DataFrame, state: HistoryState) -> tuple[pl.Data
     # Advance the state with every row of this chunk.
     events = chunk.select("user_id", "item_id", "timestamp", "click", "watch_time_s").with_columns(
         (pl.col("watch_time_s") >= state.long_watch_s).alias("_long")
-    ).sort("timestamp", descending=True, maintain_order=True)
+    ).sort("timestamp", maintain_order=True).reverse()  # newest first; ties: later row first, as in recent_before
     new_lists = events.group_by("user_id", maintain_order=True).agg(
         pl.col("item_id").filter(pl.col("click") == 1).head(n).alias("_c"),
         pl.col("item_id").filter(pl.col("_long")).head(n).alias("_l"),

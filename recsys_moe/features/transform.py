@@ -149,7 +149,7 @@ def transform(
     summary = TransformSummary(out_dir=out_dir, rows_out=dict.fromkeys(windows, 0))
     parts = dict.fromkeys(windows, 0)
     hist = spec.features.history
-    replay = Replay(raw, state or initial_state(raw, hist.max_len, hist.long_watch_s))
+    replay = Replay(raw, state or initial_state(raw, hist.max_len, hist.long_watch_s), spec.features.chunk_rows)
     try:
         last = max(w.end for w in windows.values())
         for day, chunk in replay.days(last_day=last):

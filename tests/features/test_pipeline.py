@@ -3,12 +3,13 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import numpy as np
 import polars as pl
 import pytest
 
 from recsys_moe.data.schema import RawDataError
 from recsys_moe.features import FeatureError, FeatureSpec, SpecError, apply_spec, fit, transform
-from recsys_moe.features.enrich import Replay, initial_state
+from recsys_moe.features.enrich import Replay, initial_state, slice_bounds
 from tests.features.conftest import small_config
 
 HISTORY_FEATURES = {
@@ -26,8 +27,9 @@ def fitted(small, tmp_path_factory):
     return cfg, raw, spec, out, summary
 
 
-def _features(raw, spec, cfg, state=None):
-    replay = Replay(raw, state or initial_state(raw, cfg.features.history.max_len, cfg.features.history.long_watch_s))
+def _features(raw, spec, cfg, state=None, chunk_rows=200_000):
+    state = state or initial_state(raw, cfg.features.history.max_len, cfg.features.history.long_watch_s)
+    replay = Replay(raw, state, chunk_rows)
     return pl.concat([apply_spec(chunk, spec)[0] for _, chunk in replay.days()])
 
 
@@ -47,6 +49,24 @@ def test_outputs_have_types_rows_and_aligned_labels(fitted):
     assert (joined["raw_item_id"] == joined["item_id_raw"]).all()
     assert test["timestamp"].dt.date().cast(pl.String).unique().to_list() == ["2024-01-04"]
     assert (out / "state" / "state.json").is_file() and (out / "MANIFEST.json").is_file()
+
+
+def test_small_chunks_give_identical_features(fitted):
+    cfg, raw, spec, _, _ = fitted
+    # coarse timestamps: many rows share one, so slices must be cut only where the time changes
+    coarse = raw.impressions.with_columns(pl.col("timestamp").dt.truncate("1m"))
+    coarse_raw = replace(raw, impressions=coarse)
+    assert coarse.select(pl.col("timestamp").is_duplicated().mean()).collect().item() > 0.5
+    assert _features(coarse_raw, spec, cfg, chunk_rows=333).equals(_features(coarse_raw, spec, cfg))
+
+
+def test_slice_bounds_cut_only_between_timestamps():
+    ts = np.array([1, 1, 1, 2, 2, 3, 3, 3, 3, 4])
+    bounds = slice_bounds(ts, 2)
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(ts)
+    starts = [a for a, _ in bounds]
+    assert all(a == 0 or ts[a] != ts[a - 1] for a in starts)
+    assert all(b1 == a2 for (_, b1), (a2, _) in zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def test_spec_roundtrip_hash_and_tamper_detection(fitted, tmp_path):
