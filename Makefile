@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 demo: install
 	$(CLI) data synth --config configs/synthetic.yaml --overwrite
 	$(CLI) data validate --config configs/synthetic.yaml
+	$(CLI) features fit --config configs/synthetic.yaml
+	$(CLI) features transform --config configs/synthetic.yaml --overwrite
 
 test: install
 	$(VENV)/bin/ruff check .
@@ -25,6 +27,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_synth.py
+	$(PY) benchmarks/bench_features.py
 
 clean:
 	rm -rf data/synthetic runs mlflow.db .pytest_cache

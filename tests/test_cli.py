@@ -50,3 +50,22 @@ def test_bad_override_exits_2_naming_the_key():
     assert out.returncode == 2
     assert "data.synthetic.num_users" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_features_fit_and_transform_via_cli(tmp_path):
+    small = ["--set", "data.synthetic.num_impressions=14000", "--set", "data.synthetic.num_users=500",
+             "--set", "data.synthetic.num_items=300", "--set", f"data.raw_dir={tmp_path / 'raw'}",
+             "--set", f"experiment.work_dir={tmp_path / 'work'}"]
+    assert run("data", "synth", *small).returncode == 0
+    fit = run("features", "fit", *small)
+    assert fit.returncode == 0, fit.stderr
+    assert (tmp_path / "work/features/spec/spec.json").is_file()
+    out = run("features", "transform", *small)
+    assert out.returncode == 0, out.stderr
+    assert "OOV rate" in out.stdout and "hist_click_items" in out.stdout
+    assert "rows out: train 10,000, validation 2,000, test 2,000" in out.stderr
+    test = pl.read_parquet(tmp_path / "work/features/data/test/*.parquet")
+    assert test.height == 2000
+    # a spec fitted for other definitions is refused with a clear message
+    other = run("features", "transform", *small, "--set", "features.history.max_len=3", "--overwrite")
+    assert other.returncode == 2 and "other feature definitions" in other.stderr
