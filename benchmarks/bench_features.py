@@ -11,7 +11,6 @@ maximum resident set. Prints a table and writes benchmarks/results/features.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_synth import machine  # noqa: E402
+from common import machine, write_results  # noqa: E402
 
 KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
 
@@ -78,11 +77,7 @@ def main() -> None:
     if len(results) >= 2 and results[0]["dataset"].startswith("synthetic") and results[1]["dataset"].startswith("synthetic"):
         payload["rss_ratio_10m_over_1m"] = results[1]["peak_rss_mib_median"] / results[0]["peak_rss_mib_median"]
         print(f"peak RSS ratio {results[1]['dataset']} / {results[0]['dataset']}: {payload['rss_ratio_10m_over_1m']:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(payload, indent=2))
-    tmp_out.replace(args.out)
-    print(f"wrote {args.out}")
+    write_results(args.out, payload)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,7 @@ set (from wait4). Prints a table and writes benchmarks/results/synth.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -20,10 +18,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import machine, write_results  # noqa: E402
 
 
 def run_once(rows: int, out_dir: Path) -> tuple[float, float]:
@@ -57,11 +53,7 @@ def main() -> None:
             results.append(res)
             print(f"{rows:>12,} rows  {res['rows_per_s_median']:>12,.0f} rows/s  peak RSS {res['peak_rss_mib_median']:,.0f} MiB")
     payload = {"benchmark": "synth", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(payload, indent=2))
-    tmp_out.replace(args.out)
-    print(f"wrote {args.out}")
+    write_results(args.out, payload)
 
 
 if __name__ == "__main__":
