@@ -69,7 +69,7 @@ def main() -> None:
             raw = tmp / f"raw-{rows}"
             sets = [f"data.synthetic.num_impressions={rows}", f"data.raw_dir={raw}"]
             cli("data", "synth", "-c", "configs/synthetic.yaml", *[x for s in sets for x in ("--set", s)])
-            results.append(bench(f"synthetic-{rows // 1_000_000}M", "configs/synthetic.yaml", sets, rows, args.repeats, tmp))
+            results.append(bench(f"synthetic-{rows / 1e6:g}M", "configs/synthetic.yaml", sets, rows, args.repeats, tmp))
         if not args.no_kuairand and KUAIRAND.is_dir():
             results.append(bench("kuairand", "configs/kuairand.yaml", [f"data.kuairand.path={KUAIRAND}"], 171_671, args.repeats, tmp))
     payload = {"benchmark": "features_transform", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
