@@ -11,9 +11,7 @@ maximum resident set. Prints a table and writes benchmarks/results/features.json
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,29 +19,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import machine, write_results  # noqa: E402
+from common import machine, run_cli, write_results  # noqa: E402
 
 KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
-
-
-def cli(*args: str) -> tuple[float, float]:
-    cmd = [sys.executable, "-m", "recsys_moe.cli", *args]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    secs = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr.read().decode()}")
-    return secs, usage.ru_maxrss / 1024.0
 
 
 def bench(name: str, config: str, sets: list[str], rows: int, repeats: int, tmp: Path) -> dict:
     spec = tmp / f"{name}-spec"
     common = ["-c", config, *[x for s in sets for x in ("--set", s)]]
-    cli("features", "fit", *common, "-o", str(spec))
+    run_cli("features", "fit", *common, "-o", str(spec))
     runs = []
     for _ in range(repeats):
-        secs, rss = cli("features", "transform", *common, "--spec", str(spec), "-o", str(tmp / f"{name}-out"), "--overwrite")
+        secs, rss = run_cli("features", "transform", *common, "--spec", str(spec), "-o", str(tmp / f"{name}-out"), "--overwrite")
         runs.append({"seconds": secs, "rows_per_s": rows / secs, "peak_rss_mib": rss})
     res = {
         "dataset": name, "rows": rows,
@@ -68,7 +55,7 @@ def main() -> None:
         for rows in args.sizes:
             raw = tmp / f"raw-{rows}"
             sets = [f"data.synthetic.num_impressions={rows}", f"data.raw_dir={raw}"]
-            cli("data", "synth", "-c", "configs/synthetic.yaml", *[x for s in sets for x in ("--set", s)])
+            run_cli("data", "synth", "-c", "configs/synthetic.yaml", *[x for s in sets for x in ("--set", s)])
             results.append(bench(f"synthetic-{rows / 1e6:g}M", "configs/synthetic.yaml", sets, rows, args.repeats, tmp))
         if not args.no_kuairand and KUAIRAND.is_dir():
             results.append(bench("kuairand", "configs/kuairand.yaml", [f"data.kuairand.path={KUAIRAND}"], 171_671, args.repeats, tmp))

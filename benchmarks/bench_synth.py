@@ -9,9 +9,7 @@ set (from wait4). Prints a table and writes benchmarks/results/synth.json.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,19 +17,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import machine, write_results  # noqa: E402
+from common import machine, run_cli, write_results  # noqa: E402
 
 
 def run_once(rows: int, out_dir: Path) -> tuple[float, float]:
-    cmd = [sys.executable, "-m", "recsys_moe.cli", "data", "synth", "-c", "configs/synthetic.yaml",
-           "-o", str(out_dir), "--overwrite", "--set", f"data.synthetic.num_impressions={rows}"]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    secs = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"synth failed: {proc.stderr.read().decode()}")
-    return rows / secs, usage.ru_maxrss / 1024.0  # rows/s, MiB (ru_maxrss is KiB on Linux)
+    """One `data synth` run: (rows/s, peak RSS MiB)."""
+    secs, rss = run_cli("data", "synth", "-c", "configs/synthetic.yaml", "-o", str(out_dir), "--overwrite",
+                        "--set", f"data.synthetic.num_impressions={rows}")
+    return rows / secs, rss
 
 
 def main() -> None:
