@@ -266,6 +266,58 @@ def features_transform(
     )
 
 
+@app.command("train")
+def train_cmd(
+    config: ConfigOpt = Path("configs/synthetic.yaml"),
+    overrides: SetOpt = None,
+    spec_dir: Annotated[Path | None, typer.Option("--spec", help="FeatureSpec directory (default: <work_dir>/features/spec).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data", help="Model-ready Parquet (default: <work_dir>/features/data).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (default: <work_dir>/train/<model.kind>).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over: delete the run folder's checkpoints instead of resuming.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show Lightning's progress bar.")] = True,
+) -> None:
+    """Train the configured model (MMoE by default) with Lightning and track it in MLflow.
+
+    Running the same command again after an interruption resumes from the last checkpoint and
+    continues the same MLflow run. The best weights land in <output>/model (state_dict + spec).
+    """
+    from recsys_moe.features import SpecError
+    from recsys_moe.training.artifacts import ModelLoadError
+    from recsys_moe.training.batches import DataError
+    from recsys_moe.training.train import TrainError, train
+
+    cfg = _load(config, overrides)
+    try:
+        result = train(cfg, spec_dir=spec_dir, data_dir=data_dir, output_dir=output, resume=not fresh, progress=progress)
+    except (SpecError, DataError, TrainError, ModelLoadError, FileNotFoundError) as exc:
+        fail(str(exc))
+        raise
+    table = Table(title=f"{cfg.model.kind} on {cfg.experiment.name}: best checkpoint {Path(result.best_checkpoint).name}")
+    table.add_column("metric")
+    table.add_column("validation")
+    table.add_column("test")
+    for key, value in result.validation.items():
+        name = key.removeprefix("val/")
+        if name.startswith(("gate_", "expert_util")):
+            continue
+        test = result.test.get(f"test/{name}")
+        table.add_row(name, f"{value:.4f}", "" if test is None else f"{test:.4f}")
+    Console().print(table)
+    rate = f"{sorted(result.samples_per_s)[len(result.samples_per_s) // 2]:,.0f}" if result.samples_per_s else "-"
+    console.print(
+        f"{result.epochs} epochs, {result.global_step:,} steps in {result.seconds:.1f}s (median {rate} samples/s per epoch)"
+        f"{' (resumed)' if result.resumed else ''}\nmodel: {result.model_dir}\n"
+        f"MLflow run: {result.run_id or 'tracking disabled'} (`mlflow ui --backend-store-uri {tracking_uri_for(cfg)}`)",
+        highlight=False,
+    )
+
+
+def tracking_uri_for(cfg: Config) -> str:
+    from recsys_moe.tracking import tracking_uri
+
+    return tracking_uri(cfg)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

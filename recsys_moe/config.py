@@ -183,6 +183,147 @@ class SplitConfig(_Section):
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
+class GateConfig(_Section):
+    """Per-task gates over the shared experts (Ma et al., KDD 2018, MMoE).
+
+    ``top_k`` turns on noisy top-k sparse gating (Shazeer et al., ICLR 2017): 1 routes each row to
+    one expert as in Switch (Fedus et al., 2021), 2 as in GLaM (Du et al., 2022). ``balance_weight``
+    scales the Switch-style load-balancing loss (applies to sparse gates only)."""
+
+    temperature: Annotated[float, Field(gt=0.0)] = 1.0
+    top_k: PositiveInt | None = None
+    noise: bool = True
+    """Trainable Gaussian noise on the gate logits while training (top-k gates only)."""
+    balance_weight: Annotated[float, Field(ge=0.0)] = 0.01
+    collapse_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    """Warn when an expert's mean gate weight is below this for every task (collapse)."""
+
+
+class ModelConfig(_Section):
+    """Architecture. ``kind``: ``mmoe`` (shared experts, one gate per task), ``shared_bottom``
+    (one shared MLP, Caruana 1997) or ``single_task`` (an independent model per task)."""
+
+    kind: Literal["mmoe", "shared_bottom", "single_task"] = "mmoe"
+    num_experts: PositiveInt = 4
+    expert_hidden: list[PositiveInt] = [64]
+    """Hidden sizes of each expert (MMoE) or of the shared bottom / single-task bottoms."""
+    tower_hidden: list[PositiveInt] = [32]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    embedding_init_std: Annotated[float, Field(gt=0.0)] | None = 0.1
+    """Embedding tables start from N(0, std^2); null keeps torchrec's default init."""
+    interaction: Literal["dot", "none"] = "dot"
+    """``dot``: add pairwise dot products of same-width pooled embeddings to the dense input
+    (DLRM, Naumov et al., 2019); ``none``: concatenation only (as torch-rechub's MMoE)."""
+    gate: GateConfig = GateConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        k = self.gate.top_k
+        if k is not None and k > self.num_experts:
+            raise ValueError(f"model.gate.top_k ({k}) must not exceed model.num_experts ({self.num_experts})")
+        if not self.expert_hidden:
+            raise ValueError("model.expert_hidden needs at least one layer")
+        return self
+
+
+class TaskConfig(_Section):
+    """One prediction task. ``kind`` ``binary`` predicts the ``click`` label; ``watch_time``
+    predicts ``watch_time_s`` with one of the losses in :mod:`recsys_moe.tasks` (default
+    ``log1p_mse``)."""
+
+    name: Identifier
+    kind: Literal["binary", "watch_time"]
+    loss: Literal["bce", "log1p_mse", "weighted_logistic", "ziln"] | None = None
+    weight: Annotated[float, Field(gt=0.0)] = 1.0
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskConfig:
+        allowed = {"binary": ("bce",), "watch_time": ("log1p_mse", "weighted_logistic", "ziln")}[self.kind]
+        if self.loss is not None and self.loss not in allowed:
+            raise ValueError(f"task {self.name!r}: loss {self.loss!r} does not fit kind {self.kind!r} (use one of {list(allowed)})")
+        return self
+
+    @property
+    def label_column(self) -> str:
+        return "click" if self.kind == "binary" else "watch_time_s"
+
+    @property
+    def loss_name(self) -> str:
+        return self.loss or ("bce" if self.kind == "binary" else "log1p_mse")
+
+
+def _default_tasks() -> list[TaskConfig]:
+    return [TaskConfig(name="ctr", kind="binary"), TaskConfig(name="watch_time", kind="watch_time")]
+
+
+class TasksConfig(_Section):
+    tasks: list[TaskConfig] = Field(default_factory=_default_tasks)
+    weighting: Literal["fixed", "uncertainty"] = "fixed"
+    """``fixed``: sum of weight * loss. ``uncertainty``: learned per-task log-variances
+    (Kendall, Gal & Cipolla, CVPR 2018) on top of the fixed weights."""
+    monitor: str = "auc_ctr"
+    """Validation metric that picks the best checkpoint and drives early stopping."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TasksConfig:
+        names = [t.name for t in self.tasks]
+        if not names:
+            raise ValueError("tasks.tasks: at least one task is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks.tasks: duplicate task names {names}")
+        if self.monitor not in self.metric_modes():
+            raise ValueError(f"tasks.monitor: {self.monitor!r} is not a validation metric; choose one of {sorted(self.metric_modes())}")
+        return self
+
+    def metric_modes(self) -> dict[str, str]:
+        """Validation metric name -> ``max`` or ``min`` (which direction is better)."""
+        modes = {"loss": "min"}
+        for t in self.tasks:
+            if t.kind == "binary":
+                modes |= {f"auc_{t.name}": "max", f"logloss_{t.name}": "min"}
+            else:
+                modes |= {f"rmse_{t.name}": "min", f"spearman_{t.name}": "max"}
+        return modes
+
+
+class TrainingConfig(_Section):
+    """Lightning Trainer and optimiser settings. ``precision: auto`` is bf16-mixed on CUDA, fp32 on CPU."""
+
+    batch_size: PositiveInt = 2048
+    eval_batch_size: PositiveInt = 8192
+    max_epochs: PositiveInt = 5
+    learning_rate: Annotated[float, Field(gt=0.0)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    """Applied to dense layers only, never to embedding tables."""
+    embedding_optimizer: Literal["adagrad", "adam"] = "adagrad"
+    """Optimiser of the embedding tables (dense layers use Adam); see training/optim.py."""
+    embedding_learning_rate: Annotated[float, Field(gt=0.0)] | None = 0.05
+    """Null: same as ``learning_rate``."""
+    gradient_clip_val: Annotated[float, Field(ge=0.0)] = 1.0
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 2
+    """Validation epochs without improvement before stopping; 0 turns early stopping off."""
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    devices: int | Literal["auto"] = "auto"
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    num_nodes: PositiveInt = 1
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    log_every_n_steps: PositiveInt = 50
+    num_threads: Annotated[int, Field(ge=0)] = 0
+    """torch intra-op threads; 0 keeps torch's default (one per core)."""
+
+
+class TrackingConfig(_Section):
+    """MLflow. ``tracking_uri`` null: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db``
+    in the current (project) directory."""
+
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+    """Default: the experiment name."""
+    registered_model_name: str | None = None
+    """Default: ``recsys-moe-<experiment name>``."""
+    enabled: bool = True
+
+
 class ExperimentConfig(_Section):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "synthetic"
     seed: int = 42
@@ -197,6 +338,10 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     features: FeaturesConfig = FeaturesConfig()
     split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    tasks: TasksConfig = TasksConfig()
+    training: TrainingConfig = TrainingConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -206,6 +351,8 @@ class Config(_Section):
                 f"data.synthetic.num_impressions ({syn.num_impressions}) must be at least "
                 f"data.synthetic.num_days ({syn.num_days})"
             )
+        if not any(f.kind != "numeric" for f in self.features.features) and self.features.features:
+            raise ValueError("features: the model needs at least one id or id_list feature")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -61,6 +61,27 @@ class FeatureSpec:
                 return f
         raise KeyError(name)
 
+    @property
+    def id_features(self) -> list[str]:
+        """Single-id features, in config order (each a length-1 KJT key)."""
+        return [f.name for f in self.features.features if f.kind == "id"]
+
+    @property
+    def list_features(self) -> list[str]:
+        """Id-list features, in config order (jagged KJT keys)."""
+        return [f.name for f in self.features.features if f.kind == "id_list"]
+
+    @property
+    def dense_columns(self) -> list[str]:
+        """Float32 model inputs in order: each numeric feature, then its missing indicator."""
+        cols: list[str] = []
+        for f in self.features.features:
+            if f.kind == "numeric":
+                cols.append(f.name)
+                if f.missing_indicator:
+                    cols.append(f"{f.name}__missing")
+        return cols
+
     def _header(self) -> dict[str, Any]:
         return {
             "version": SPEC_VERSION,

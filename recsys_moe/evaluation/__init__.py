@@ -1,0 +1,1 @@
+"""Offline evaluation: vectorised metrics (and, later, reports)."""

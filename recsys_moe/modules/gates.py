@@ -1,0 +1,64 @@
+"""Per-task softmax gates over experts, dense or noisy top-k sparse, with a balancing loss."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class GateOutput(NamedTuple):
+    weights: Tensor
+    """``[T, B, E]``: per task, row and expert; each row sums to 1."""
+    balance_loss: Tensor
+    """Scalar load-balancing auxiliary loss (0 for dense gates)."""
+
+
+class TaskGates(nn.Module):
+    """One gate per task, ``softmax(W_t x / temperature)`` over ``E`` experts (MMoE, Ma et al.,
+    KDD 2018), computed for all tasks with one linear layer.
+
+    With ``top_k`` set, each row keeps only its ``k`` largest gate logits and renormalises over
+    them (noisy top-k gating, Shazeer et al., ICLR 2017): ``k=1`` as in Switch Transformers
+    (Fedus et al., 2021), ``k=2`` as in GLaM (Du et al., 2022). While training, trainable Gaussian
+    noise (``softplus(W_noise x)`` std) is added to the logits before the top-k choice when
+    ``noise`` is on. The balancing loss is the Switch form ``E * sum_e f_e * P_e`` (``f_e``: share
+    of the routed slots that went to expert ``e``, ``P_e``: its mean router probability), averaged
+    over tasks; it is 1 when the load is even and grows as it concentrates.
+    """
+
+    def __init__(
+        self, in_dim: int, num_tasks: int, num_experts: int, temperature: float = 1.0,
+        top_k: int | None = None, noise: bool = True,
+    ) -> None:
+        super().__init__()
+        if top_k is not None and not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k={top_k} must be between 1 and num_experts={num_experts}")
+        self.num_tasks, self.num_experts = num_tasks, num_experts
+        self.temperature, self.top_k = temperature, top_k
+        self.logits = nn.Linear(in_dim, num_tasks * num_experts)
+        self.noise = nn.Linear(in_dim, num_tasks * num_experts) if (top_k is not None and noise) else None
+        if self.noise is not None:
+            nn.init.zeros_(self.noise.weight)
+            nn.init.zeros_(self.noise.bias)
+
+    def _split(self, y: Tensor) -> Tensor:
+        return y.view(y.shape[0], self.num_tasks, self.num_experts).transpose(0, 1)  # [T, B, E]
+
+    def forward(self, x: Tensor) -> GateOutput:
+        clean = self._split(self.logits(x)) / self.temperature
+        if self.top_k is None:
+            return GateOutput(torch.softmax(clean, dim=-1), clean.new_zeros(()))
+        noisy = clean
+        if self.noise is not None and self.training:
+            std = F.softplus(self._split(self.noise(x)))
+            noisy = clean + torch.randn_like(clean) * std
+        top = noisy.topk(self.top_k, dim=-1).indices
+        keep = torch.zeros_like(noisy, dtype=torch.bool).scatter_(-1, top, True)
+        weights = torch.softmax(noisy.masked_fill(~keep, float("-inf")), dim=-1)
+        routed = keep.float().mean(dim=1) / self.top_k  # [T, E], f_e
+        probs = torch.softmax(clean, dim=-1).mean(dim=1)  # [T, E], P_e
+        balance = (self.num_experts * (routed * probs).sum(-1)).mean()
+        return GateOutput(weights, balance)

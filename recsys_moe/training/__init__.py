@@ -1,0 +1,1 @@
+"""Training: Parquet -> batches -> LightningModule -> checkpoints, model folder and MLflow run."""

@@ -1,0 +1,112 @@
+"""Gate load diagnostics: mean weight per task and expert, entropy, utilisation, collapse."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+class GateAccumulator:
+    """Sums gate weights ``[T, B, E]`` and per-row entropies over batches."""
+
+    def __init__(self) -> None:
+        self.weight_sum: Tensor | None = None
+        self.entropy_sum: Tensor | None = None
+        self.rows = 0
+
+    def update(self, weights: Tensor) -> None:
+        w = weights.detach().float()
+        ent = -(w * torch.log(w.clamp_min(1e-12))).sum(-1)  # [T, B]
+        ws, es = w.sum(1).cpu(), ent.sum(1).cpu()
+        self.weight_sum = ws if self.weight_sum is None else self.weight_sum + ws
+        self.entropy_sum = es if self.entropy_sum is None else self.entropy_sum + es
+        self.rows += w.shape[1]
+
+    def summary(self, task_names: list[str], threshold: float) -> GateSummary | None:
+        if self.weight_sum is None or not self.rows:
+            return None
+        mean = (self.weight_sum / self.rows).numpy()
+        entropy = (self.entropy_sum / self.rows).numpy()
+        return GateSummary(task_names, mean, entropy, threshold)
+
+
+@dataclass
+class GateSummary:
+    task_names: list[str]
+    mean_weights: np.ndarray
+    """``[T, E]`` mean gate weight of each expert for each task."""
+    entropy: np.ndarray
+    """``[T]`` mean per-row gate entropy (nats); ``log(E)`` is a uniform gate."""
+    threshold: float
+
+    @property
+    def utilisation(self) -> np.ndarray:
+        """``[E]`` mean share of each expert over tasks."""
+        return self.mean_weights.mean(0)
+
+    @property
+    def collapsed_experts(self) -> list[int]:
+        """Experts whose share is under the threshold for every task."""
+        return [int(e) for e in np.flatnonzero((self.mean_weights < self.threshold).all(0))]
+
+    def metrics(self, prefix: str = "val/") -> dict[str, float]:
+        out: dict[str, float] = {}
+        for t, name in enumerate(self.task_names):
+            for e in range(self.mean_weights.shape[1]):
+                out[f"{prefix}gate_{name}_expert{e}"] = float(self.mean_weights[t, e])
+            out[f"{prefix}gate_entropy_{name}"] = float(self.entropy[t])
+        for e, u in enumerate(self.utilisation):
+            out[f"{prefix}expert_util_{e}"] = float(u)
+        out[f"{prefix}collapsed_experts"] = float(len(self.collapsed_experts))
+        return out
+
+    def warn_collapse(self) -> list[int]:
+        dead = self.collapsed_experts
+        if dead:
+            log.warning(
+                "expert collapse: expert(s) %s get under %.3f of the gate weight for every task "
+                "(mean weights per task: %s)", dead, self.threshold,
+                {n: np.round(self.mean_weights[i], 3).tolist() for i, n in enumerate(self.task_names)},
+            )
+        return dead
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tasks": self.task_names,
+            "mean_weights": self.mean_weights.round(6).tolist(),
+            "entropy": self.entropy.round(6).tolist(),
+            "utilisation": self.utilisation.round(6).tolist(),
+            "collapsed_experts": self.collapsed_experts,
+            "threshold": self.threshold,
+        }
+
+    def heatmap(self, path: str | Path, title: str = "mean gate weight") -> Path:
+        """Save a task x expert heatmap PNG (matplotlib, headless)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        t, e = self.mean_weights.shape
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * e, 1.0 + 0.6 * t))
+        im = ax.imshow(self.mean_weights, cmap="viridis", vmin=0.0, vmax=max(1e-6, float(self.mean_weights.max())))
+        ax.set_xticks(range(e), [f"expert {i}" for i in range(e)])
+        ax.set_yticks(range(t), self.task_names)
+        for i in range(t):
+            for j in range(e):
+                ax.text(j, i, f"{self.mean_weights[i, j]:.2f}", ha="center", va="center", color="white", fontsize=9)
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path

@@ -1,0 +1,112 @@
+"""LightningModule: multi-task loss, optimiser, validation metrics and gate diagnostics."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from recsys_moe.config import GateConfig, TasksConfig, TrainingConfig
+from recsys_moe.evaluation.metrics import task_metrics
+from recsys_moe.models import MultiTaskModel
+from recsys_moe.training.batches import Batch
+from recsys_moe.training.gate_diagnostics import GateAccumulator, GateSummary
+from recsys_moe.training.optim import build_optimizer
+
+
+class MultiTaskModule(L.LightningModule):
+    """Trains a :class:`MultiTaskModel`.
+
+    Loss: ``sum_t w_t * L_t`` (fixed weights) or, with ``tasks.weighting: uncertainty``,
+    ``sum_t w_t * (exp(-s_t) * L_t + s_t)`` with learned ``s_t = log sigma_t^2`` (Kendall et al.,
+    CVPR 2018); plus ``gate.balance_weight * balance_loss`` for sparse gates. Validation logs
+    ``val/<metric>_<task>``, ``val/loss`` and gate diagnostics.
+    """
+
+    def __init__(self, model: MultiTaskModel, tasks: TasksConfig, training: TrainingConfig, gate: GateConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.tasks_cfg, self.training_cfg, self.gate_cfg = tasks, training, gate
+        self.log_vars = nn.Parameter(torch.zeros(len(model.tasks))) if tasks.weighting == "uncertainty" else None
+        self._val: dict[str, list[Tensor]] = {}
+        self._gates = GateAccumulator()
+        self.last_gate_summary: GateSummary | None = None
+        self.last_val_metrics: dict[str, float] = {}
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        return self.model(batch.sparse, batch.dense)
+
+    def compute_loss(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        parts: dict[str, Tensor] = {}
+        total = torch.zeros((), device=batch.dense.device)
+        for i, task in enumerate(self.model.tasks):
+            loss = task.loss(out[f"raw_{task.name}"], batch.labels[task.label])
+            parts[f"loss_{task.name}"] = loss
+            if self.log_vars is not None:
+                loss = torch.exp(-self.log_vars[i]) * loss + self.log_vars[i]
+            total = total + task.weight * loss
+        if "balance_loss" in out and self.gate_cfg.top_k is not None and self.gate_cfg.balance_weight:
+            parts["balance_loss"] = out["balance_loss"]
+            total = total + self.gate_cfg.balance_weight * out["balance_loss"]
+        return total, parts
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        out = self(batch)
+        total, parts = self.compute_loss(out, batch)
+        if batch_idx % self.training_cfg.log_every_n_steps == 0:
+            b = len(batch)
+            self.log("train/loss", total.detach(), batch_size=b, prog_bar=True)
+            for k, v in parts.items():
+                self.log(f"train/{k}", v.detach(), batch_size=b)
+        return total
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {}
+        self._gates = GateAccumulator()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        out = self(batch)
+        total, _ = self.compute_loss(out, batch)
+        keep = {t.prediction_name: out[t.prediction_name] for t in self.model.tasks}
+        keep |= {f"label_{t.name}": batch.labels[t.label] for t in self.model.tasks}
+        keep["loss"] = total.detach().reshape(1).float() * len(batch)
+        keep["rows"] = torch.tensor([float(len(batch))], device=total.device)
+        for k, v in keep.items():
+            self._val.setdefault(k, []).append(v.detach().float().cpu())
+        if "gate_weights" in out:
+            self._gates.update(out["gate_weights"])
+
+    def epoch_metrics(self, prefix: str = "val/") -> tuple[dict[str, float], GateSummary | None]:
+        """Metrics over everything collected since :meth:`on_validation_epoch_start`."""
+        if not self._val:
+            return {}, None
+        cat = {k: torch.cat(v).numpy() for k, v in self._val.items()}
+        metrics: dict[str, float] = {"loss": float(cat["loss"].sum() / cat["rows"].sum())}
+        for task in self.model.tasks:
+            metrics |= task_metrics(task.cfg.kind, task.name, cat[task.prediction_name], cat[f"label_{task.name}"])
+        out = {f"{prefix}{k}": v for k, v in metrics.items()}
+        summary = self._gates.summary(self.model.task_names, self.gate_cfg.collapse_threshold)
+        if summary is not None:
+            out |= summary.metrics(prefix)
+        return out, summary
+
+    def on_validation_epoch_end(self) -> None:
+        logged, summary = self.epoch_metrics("val/")
+        if not logged:
+            return
+        if summary is not None and not self.trainer.sanity_checking:
+            summary.warn_collapse()
+        self.last_gate_summary = summary
+        self.last_val_metrics = dict(logged)
+        logged = {k: v for k, v in logged.items() if np.isfinite(v)}
+        monitor = f"val/{self.tasks_cfg.monitor}"
+        self.log(monitor, logged.pop(monitor, float("nan")), prog_bar=True)
+        self.log_dict(logged, prog_bar=False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        cfg = self.training_cfg
+        return build_optimizer(
+            self.named_parameters(), cfg.learning_rate, cfg.weight_decay, cfg.embedding_optimizer,
+            cfg.embedding_learning_rate or cfg.learning_rate,
+        )

@@ -1,0 +1,225 @@
+"""The training job: FeatureSpec + model-ready Parquet -> trained model, checkpoints, MLflow run.
+
+Output folder (default ``<work_dir>/train/<model.kind>``)::
+
+    train_state.json      config hash, FeatureSpec hash, MLflow run id (how a resume finds its run)
+    checkpoints/          Lightning checkpoints: best-*.ckpt (validation monitor) and last.ckpt
+    model/                best weights as a state_dict folder (see training.artifacts)
+    config.yaml           the resolved config
+    validation_metrics.json, test_metrics.json, gate_heatmap.png
+
+Running again with the same config resumes from ``checkpoints/last.ckpt`` and continues the
+same MLflow run, so a killed run ends with the same number of steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+
+from recsys_moe import tracking
+from recsys_moe.config import Config
+from recsys_moe.features.spec import FeatureSpec
+from recsys_moe.models import build_model
+from recsys_moe.training.artifacts import save_model
+from recsys_moe.training.batches import BatchLoader
+from recsys_moe.training.checkpoint_io import AtomicCheckpointIO
+from recsys_moe.training.datamodule import FeatureDataModule
+from recsys_moe.training.gate_diagnostics import GateSummary
+from recsys_moe.training.module import MultiTaskModule
+from recsys_moe.training.throughput import EpochThroughput
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    """The training job cannot start or continue (its message says why and what to do)."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    run_id: str | None
+    best_checkpoint: str
+    global_step: int
+    epochs: int
+    validation: dict[str, float]
+    test: dict[str, float] = field(default_factory=dict)
+    gates: dict[str, Any] | None = None
+    samples_per_s: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed: bool = False
+
+
+def default_paths(cfg: Config) -> dict[str, Path]:
+    base = cfg.experiment.work_dir
+    return {"spec": base / "features" / "spec", "data": base / "features" / "data", "output": base / "train" / cfg.model.kind}
+
+
+def resolve_precision(cfg: Config) -> str:
+    p = cfg.training.precision
+    if p != "auto":
+        return p
+    gpu = cfg.training.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu else "32-true"
+
+
+@torch.no_grad()
+def evaluate(module: MultiTaskModule, loader: BatchLoader, prefix: str) -> tuple[dict[str, float], GateSummary | None]:
+    """Metrics of ``module`` on every row of ``loader`` (no trainer needed)."""
+    was_training = module.training
+    module.eval()
+    module.on_validation_epoch_start()
+    device = next(module.parameters()).device
+    for i, batch in enumerate(loader):
+        module.validation_step(batch.to(device), i)
+    metrics, summary = module.epoch_metrics(prefix)
+    module.train(was_training)
+    return metrics, summary
+
+
+def _prepare_output(out: Path, cfg: Config, spec: FeatureSpec, resume: bool) -> dict[str, Any]:
+    """Return the saved train state to resume, or an empty one for a new run."""
+    state_path = out / "train_state.json"
+    if state_path.is_file() and resume:
+        state = json.loads(state_path.read_text())
+        if state.get("config_hash") != cfg.content_hash() or state.get("spec_hash") != spec.content_hash:
+            raise TrainError(
+                f"{out} holds a run with another config or FeatureSpec (config {state.get('config_hash')} vs "
+                f"{cfg.content_hash()}); pass --fresh to start over there, or --output for another folder"
+            )
+        return state
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return {}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def train(
+    cfg: Config,
+    spec_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    evaluate_test: bool = True,
+    callbacks: Sequence[L.Callback] = (),
+) -> TrainResult:
+    """Train ``cfg.model`` on the transformed splits; see the module docstring for the outputs."""
+    paths = default_paths(cfg)
+    spec = FeatureSpec.load(spec_dir or paths["spec"])
+    spec.check_matches(cfg.features)
+    out = Path(output_dir or paths["output"])
+    state = _prepare_output(out, cfg, spec, resume)
+    L.seed_everything(cfg.experiment.seed, workers=True, verbose=False)
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+
+    dm = FeatureDataModule(data_dir or paths["data"], spec, cfg.training.batch_size, cfg.training.eval_batch_size, cfg.experiment.seed)
+    model = build_model(cfg.model, cfg.tasks, spec)
+    module = MultiTaskModule(model, cfg.tasks, cfg.training, cfg.model.gate)
+
+    run_id = state.get("run_id")
+    logger: Any = False
+    if cfg.tracking.enabled:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        if run_id is None:
+            split = cfg.split
+            run_id = tracking.start_run(cfg, tags={
+                "git_commit": tracking.git_commit(),
+                "config_hash": cfg.content_hash(),
+                "feature_spec_hash": spec.content_hash,
+                "model_kind": cfg.model.kind,
+                "data_source": cfg.data.source,
+                "data_window_train": f"{split.train.start}..{split.train.end}",
+                "data_window_validation": f"{split.validation.start}..{split.validation.end}",
+                "data_window_test": f"{split.test.start}..{split.test.end}",
+            }, run_name=f"{cfg.experiment.name}-{cfg.model.kind}")
+        logger = MLFlowLogger(experiment_name=tracking.experiment_name(cfg), tracking_uri=tracking.tracking_uri(cfg), run_id=run_id)
+    _write_json(out / "train_state.json", {"config_hash": cfg.content_hash(), "spec_hash": spec.content_hash, "run_id": run_id})
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    modes = cfg.tasks.metric_modes()
+    monitor = f"val/{cfg.tasks.monitor}"
+    ckpt_dir = out / "checkpoints"
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor=monitor, mode=modes[cfg.tasks.monitor],
+        save_top_k=1, save_last=True, auto_insert_metric_name=False,
+    )
+    throughput = EpochThroughput()
+    cbs: list[L.Callback] = [checkpoint, throughput, *callbacks]
+    if cfg.training.early_stopping_patience:
+        cbs.append(L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode=modes[cfg.tasks.monitor], patience=cfg.training.early_stopping_patience))
+    trainer = L.Trainer(
+        accelerator=cfg.training.accelerator, devices=cfg.training.devices, strategy=cfg.training.strategy,
+        num_nodes=cfg.training.num_nodes, precision=resolve_precision(cfg), max_epochs=cfg.training.max_epochs,
+        gradient_clip_val=cfg.training.gradient_clip_val or None, callbacks=cbs, logger=logger,
+        default_root_dir=out, enable_progress_bar=progress, enable_model_summary=False,
+        log_every_n_steps=cfg.training.log_every_n_steps, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
+    )
+    last = ckpt_dir / "last.ckpt"
+    resumed = resume and last.is_file()
+    if resumed:
+        log.info("resuming from %s", last)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
+    seconds = time.perf_counter() - start
+    if trainer.interrupted:
+        raise TrainError(f"training was interrupted; run the same command again to resume from {last}")
+
+    best = checkpoint.best_model_path or str(last)
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    module.load_state_dict(ckpt["state_dict"])
+    module.to("cpu")
+    validation, gates = evaluate(module, dm.val_dataloader(), "val/")
+    test: dict[str, float] = {}
+    if evaluate_test:
+        dm.setup("test")
+        test, _ = evaluate(module, dm.test_dataloader(), "test/")
+
+    model_dir = save_model(out / "model", model, cfg.model, cfg.tasks, spec, extra={
+        "best_checkpoint": Path(best).name, "validation": validation, "mlflow_run_id": run_id,
+    })
+    _write_json(out / "validation_metrics.json", validation)
+    if test:
+        _write_json(out / "test_metrics.json", test)
+    artifacts: dict[str, Path] = {"config": out / "config.yaml", "feature_spec": model_dir / "feature_spec",
+                                  "model": model_dir, "metrics": out / "validation_metrics.json"}
+    if test:
+        artifacts["metrics/test"] = out / "test_metrics.json"
+    if gates is not None:
+        gates.warn_collapse()
+        artifacts["gates"] = gates.heatmap(out / "gate_heatmap.png", f"{cfg.experiment.name} {cfg.model.kind}: mean gate weight (validation)")
+        _write_json(out / "gates.json", gates.to_json())
+        artifacts["gates/json"] = out / "gates.json"
+    if cfg.tracking.enabled and run_id is not None:
+        c = tracking.client(cfg)
+        for k, v in {**{f"best_{k}": v for k, v in validation.items()}, **test}.items():
+            if v == v:  # skip NaN
+                c.log_metric(run_id, k.replace("/", "_") if k.startswith("best_") else k, v, step=trainer.global_step)
+        tracking.log_artifacts(cfg, run_id, artifacts)
+        c.set_terminated(run_id, "FINISHED")
+    return TrainResult(
+        output_dir=out, model_dir=model_dir, run_id=run_id, best_checkpoint=best, global_step=trainer.global_step,
+        epochs=trainer.current_epoch, validation=validation, test=test, gates=gates.to_json() if gates else None,
+        samples_per_s=throughput.samples_per_s, seconds=seconds, resumed=resumed,
+    )

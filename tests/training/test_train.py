@@ -1,0 +1,107 @@
+"""Real training runs: Lightning Trainer, MLflow on SQLite, checkpoints, resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from recsys_moe.training.artifacts import load_model
+from recsys_moe.training.train import TrainError, train
+from tests.training.conftest import build_small_features
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bigger_features(tmp_path_factory):
+    """Enough rows (60k) for the model to show it learns."""
+    return build_small_features(tmp_path_factory.mktemp("learn"), "data.synthetic.num_impressions=60000",
+                                "data.synthetic.num_users=1000", "data.synthetic.num_items=500")
+
+
+def test_training_beats_a_constant_and_is_tracked(bigger_features, mlflow_uri, tmp_path):
+    cfg, spec = bigger_features
+    result = train(cfg, output_dir=tmp_path / "run", progress=False)
+    assert result.validation["val/auc_ctr"] > 0.65  # a constant predictor scores 0.5
+    assert result.test["test/auc_ctr"] > 0.65
+    assert result.validation["val/spearman_watch_time"] > 0.1
+    assert result.global_step == 2 * -(-np.sum(json.loads((cfg.experiment.work_dir / "features/data/MANIFEST.json").read_text())["rows_out"]["train"]) // 512)
+
+    run = MlflowClient(mlflow_uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.kind"] == "mmoe"
+    assert json.loads(run.data.params["features.feature.user_id"])["table"] == "user"
+    assert run.data.tags["feature_spec_hash"] == spec.content_hash
+    assert run.data.tags["data_window_train"] == "2024-01-01..2024-01-02"
+    assert run.data.tags["git_commit"]
+    assert "val/auc_ctr" in run.data.metrics and "val/gate_ctr_expert0" in run.data.metrics
+    client = MlflowClient(mlflow_uri)
+    logged = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config", "model", "feature_spec", "metrics", "gates"} <= logged
+    model_files = {Path(a.path).name for a in client.list_artifacts(result.run_id, "model")}
+    assert {"state_dict.pt", "model.json"} <= model_files
+    assert (tmp_path / "run/gate_heatmap.png").stat().st_size > 1000
+
+    model, loaded_spec, meta = load_model(result.model_dir)
+    assert loaded_spec.content_hash == spec.content_hash and meta["kind"] == "mmoe"
+    state = torch.load(result.model_dir / "state_dict.pt", weights_only=True)
+    assert any(k.startswith("embeddings.0.ebc") for k in state)
+
+
+def test_other_config_in_the_same_folder_is_refused(small_features, mlflow_uri, tmp_path):
+    cfg, _ = small_features
+    train(cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_epochs": 1})}), output_dir=tmp_path / "run", progress=False)
+    with pytest.raises(TrainError, match="another config"):
+        train(cfg, output_dir=tmp_path / "run", progress=False)
+    assert train(cfg, output_dir=tmp_path / "run", progress=False, resume=False).global_step > 0  # --fresh
+
+
+def _cli(*args: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "recsys_moe.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_after_sigkill_ends_with_the_same_steps(small_features, mlflow_uri, tmp_path):
+    cfg, _ = small_features
+    cfg_path = tmp_path / "cfg.yaml"
+    import yaml
+
+    raw = cfg.to_dict()
+    raw["training"]["max_epochs"] = 6
+    raw["training"]["early_stopping_patience"] = 0
+    cfg_path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    args = ("train", "--config", str(cfg_path), "--no-progress")
+
+    full = _cli(*args, "--output", str(tmp_path / "full"), env=env)
+    assert full.wait(timeout=600) == 0, full.stdout.read()
+    want = torch.load(tmp_path / "full/checkpoints/last.ckpt", weights_only=True)["global_step"]
+
+    killed_dir = tmp_path / "killed"
+    proc = _cli(*args, "--output", str(killed_dir), env=env)
+    last = killed_dir / "checkpoints/last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    first = torch.load(last, weights_only=True)["global_step"]
+    assert 0 < first < want
+    run_id = json.loads((killed_dir / "train_state.json").read_text())["run_id"]
+
+    again = _cli(*args, "--output", str(killed_dir), env=env)
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out
+    assert "(resumed)" in out
+    assert torch.load(last, weights_only=True)["global_step"] == want
+    assert json.loads((killed_dir / "train_state.json").read_text())["run_id"] == run_id
+    assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FINISHED"
