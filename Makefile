@@ -17,6 +17,7 @@ demo: install
 	$(CLI) data validate --config configs/synthetic.yaml
 	$(CLI) features fit --config configs/synthetic.yaml
 	$(CLI) features transform --config configs/synthetic.yaml --overwrite
+	$(CLI) train --config configs/synthetic.yaml --fresh
 
 test: install
 	$(VENV)/bin/ruff check .
@@ -28,6 +29,8 @@ lint: install
 bench: install
 	$(PY) benchmarks/bench_synth.py
 	$(PY) benchmarks/bench_features.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_synthetic_quality.py
 
 clean:
 	rm -rf data/synthetic runs mlflow.db .pytest_cache

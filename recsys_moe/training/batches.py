@@ -120,26 +120,39 @@ class BatchLoader:
     """Iterable of whole batches over a :class:`ColumnarSplit` (Lightning accepts any iterable).
 
     Shuffling uses a permutation seeded by ``seed`` and the epoch number from ``epoch_fn``, so a
-    resumed run sees the same order as an uninterrupted one."""
+    resumed run sees the same order as an uninterrupted one. Under DDP, ``shard_fn`` returns
+    ``(rank, world_size)``: every rank draws the same permutation and takes its own equal slice
+    (the last ``n % world_size`` rows of the permutation are left out that epoch), so ranks run the
+    same number of steps and never see the same row."""
 
     def __init__(
         self, split: ColumnarSplit, batch_size: int, shuffle: bool = False, seed: int = 0,
-        epoch_fn: Callable[[], int] | None = None, drop_last: bool = False,
+        epoch_fn: Callable[[], int] | None = None, shard_fn: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.epoch_fn = epoch_fn or (lambda: 0)
-        self.drop_last = drop_last
+        self.shard_fn = shard_fn or (lambda: (0, 1))
+
+    def _rows(self) -> int:
+        _, world = self.shard_fn()
+        return self.split.num_rows // world
 
     def __len__(self) -> int:
-        n, b = self.split.num_rows, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return -(-self._rows() // self.batch_size)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def indices(self) -> Tensor:
+        """Row indices this rank visits this epoch, in order."""
         n = self.split.num_rows
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_fn())
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
+        rank, _ = self.shard_fn()
+        rows = self._rows()
+        return order[rank * rows: (rank + 1) * rows]
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.indices()
         for i in range(len(self)):
             yield self.split.batch(order[i * self.batch_size: (i + 1) * self.batch_size])

@@ -26,7 +26,8 @@ def check_manifest(data_dir: Path, spec: FeatureSpec) -> dict:
 
 
 class FeatureDataModule(L.LightningDataModule):
-    """Train / validation / test splits read once into memory; whole-batch iterables."""
+    """Train / validation / test splits read once into memory; whole-batch iterables. Under DDP
+    each rank reads the splits and trains on its own slice of every epoch's permutation."""
 
     def __init__(self, data_dir: str | Path, spec: FeatureSpec, batch_size: int, eval_batch_size: int, seed: int) -> None:
         super().__init__()
@@ -53,10 +54,16 @@ class FeatureDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.current_epoch if trainer is not None else 0
 
+    def _shard(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> BatchLoader:
-        return BatchLoader(self.split("train"), self.batch_size, shuffle=True, seed=self.seed, epoch_fn=self._epoch)
+        return BatchLoader(self.split("train"), self.batch_size, shuffle=True, seed=self.seed,
+                           epoch_fn=self._epoch, shard_fn=self._shard)
 
     def val_dataloader(self) -> BatchLoader:
+        """Every rank validates on all rows, so metrics need no gathering and agree across ranks."""
         return BatchLoader(self.split("validation"), self.eval_batch_size)
 
     def test_dataloader(self) -> BatchLoader:

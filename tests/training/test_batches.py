@@ -59,3 +59,14 @@ def test_empty_directory_is_an_error(tmp_path, split):
     _, spec, _ = split
     with pytest.raises(DataError, match="no Parquet files"):
         ColumnarSplit.read(tmp_path, spec)
+
+
+def test_ranks_get_disjoint_equal_shards(split):
+    data, _, _ = split
+    loaders = [BatchLoader(data, 256, shuffle=True, seed=3, shard_fn=lambda r=rank: (r, 3)) for rank in range(3)]
+    shards = [loader.indices() for loader in loaders]
+    per_rank = data.num_rows // 3
+    assert all(len(s) == per_rank for s in shards)
+    assert len(set(loaders[0].indices().tolist()) | set(shards[1].tolist()) | set(shards[2].tolist())) == 3 * per_rank
+    assert all(len(loader) == -(-per_rank // 256) for loader in loaders)
+    assert sum(len(b) for b in loaders[1]) == per_rank
