@@ -312,6 +312,38 @@ def train_cmd(
     )
 
 
+@app.command("export")
+def export_cmd(
+    config: ConfigOpt = Path("configs/synthetic.yaml"),
+    overrides: SetOpt = None,
+    model_dir: Annotated[Path | None, typer.Option("--model-dir", help="Trained model folder (default: <work_dir>/train/<model.kind>/model).")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="MLflow run id of a training run (its `model` artifact).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Export folder (default: <work_dir>/export/<model.kind>).")] = None,
+    rows: Annotated[Path | None, typer.Option("--rows", help="Model-ready Parquet for the parity check (default: the test split).")] = None,
+    parity_rows: Annotated[int, typer.Option("--parity-rows", min=1, help="Rows compared between torch and ONNX Runtime.")] = 10_000,
+    register: Annotated[bool, typer.Option("--register/--no-register", help="Log to MLflow and register a model version.")] = True,
+) -> None:
+    """Export a trained model to ONNX (twin without EmbeddingBag ops), check parity, register it."""
+    from recsys_moe.export.job import run_export
+    from recsys_moe.export.onnx_export import ExportError
+    from recsys_moe.training.artifacts import ModelLoadError
+
+    cfg = _load(config, overrides)
+    if model_dir and run_id:
+        fail("pass --model-dir or --run, not both")
+    try:
+        with console.status("exporting to ONNX and checking parity"):
+            result = run_export(cfg, model_dir=model_dir, run_id=run_id, output=output, rows=rows,
+                                parity_rows=parity_rows, register=register)
+    except (ExportError, ModelLoadError, FileNotFoundError) as exc:
+        fail(str(exc))
+        raise
+    console.print(result.parity.summary(), highlight=False)
+    console.print(f"ONNX model: {result.onnx_path}\nFeatureSpec: {result.spec_dir}", highlight=False)
+    if result.registered_version:
+        console.print(f"registered {result.registered_name} version {result.registered_version} (run {result.run_id})", highlight=False)
+
+
 def tracking_uri_for(cfg: Config) -> str:
     from recsys_moe.tracking import tracking_uri
 

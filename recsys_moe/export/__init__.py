@@ -1,0 +1,1 @@
+"""ONNX export: a twin of the trained model built from plain ops, and a parity gate."""

@@ -1,0 +1,89 @@
+"""The ONNX twin: the trained model with torchrec's EmbeddingBagCollection swapped for plain
+``nn.Embedding`` lookups pooled over padded ids with a mask.
+
+Exporting an ``EmbeddingBag`` (torchrec's or torch's) yields ONNX ``Loop`` ops, 10-100x slower in
+ONNX Runtime and unsupported by TensorRT (measured, see ../shared/ARCHITECTURE.md). The twin's
+graph is Gather / Mul / ReduceSum / Gemm only. Inputs:
+
+- ``ids``: int64 ``[B, F]``, the single-id features in FeatureSpec order;
+- ``list_<name>``: int64 ``[B, max_len]`` per id-list feature, padded with ``-1`` (most recent first);
+- ``dense``: float32 ``[B, D]``, the FeatureSpec's dense columns in order.
+
+Outputs: each task's prediction (``probs_ctr``, ``pred_watch_time`` in seconds) and ``score``,
+the combined ranking score ``prod_t prediction_t ** exponent_t``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from recsys_moe.features.spec import FeatureSpec
+from recsys_moe.models import MultiTaskModel
+from recsys_moe.modules import SparseEmbedding
+
+PAD = -1
+
+
+class PaddedEmbedding(nn.Module):
+    """Same lookups and pooling as a :class:`SparseEmbedding`, from padded dense id tensors."""
+
+    def __init__(self, sparse: SparseEmbedding, id_features: list[str], list_features: list[str]) -> None:
+        super().__init__()
+        weights = sparse.table_weights()
+        self.tables = nn.ModuleDict({
+            name: nn.Embedding.from_pretrained(w.detach().clone(), freeze=True) for name, w in weights.items()
+        })
+        table_of = {f: t.name for t in sparse.tables for f in t.feature_names}
+        pooling_of = {t.name: t.pooling for t in sparse.tables}
+        # (kind, position, table, mean) per feature in the model's feature order
+        self.plan: list[tuple[str, int, str, bool]] = []
+        for f in sparse.feature_order:
+            if f in id_features:
+                self.plan.append(("id", id_features.index(f), table_of[f], False))
+            else:
+                self.plan.append(("list", list_features.index(f), table_of[f], pooling_of[table_of[f]] == "mean"))
+
+    def forward(self, ids: Tensor, lists: list[Tensor]) -> Tensor:
+        pooled = []
+        for kind, pos, table, mean in self.plan:
+            emb = self.tables[table]
+            if kind == "id":
+                pooled.append(emb(ids[:, pos]))
+                continue
+            x = lists[pos]
+            mask = (x >= 0).to(emb.weight.dtype).unsqueeze(-1)  # [B, L, 1]
+            summed = (emb(x.clamp_min(0)) * mask).sum(1)
+            if mean:
+                summed = summed / mask.sum(1).clamp_min(1.0)
+            pooled.append(summed)
+        return torch.cat(pooled, dim=1)
+
+
+class OnnxTwin(nn.Module):
+    """``forward(ids, *lists, dense)`` -> ``(prediction per task..., score)``."""
+
+    def __init__(self, model: MultiTaskModel, spec: FeatureSpec, score_exponents: dict[str, float] | None = None) -> None:
+        super().__init__()
+        self.id_features, self.list_features = spec.id_features, spec.list_features
+        self.embeddings = nn.ModuleList(PaddedEmbedding(e, self.id_features, self.list_features) for e in model.embeddings)
+        self.model = model
+        self.prediction_names = [t.prediction_name for t in model.tasks]
+        exps = score_exponents or {t.name: 1.0 for t in model.tasks}
+        unknown = set(exps) - set(model.task_names)
+        if unknown:
+            raise ValueError(f"score exponents name unknown tasks {sorted(unknown)}; tasks are {model.task_names}")
+        self.exponents = [float(exps.get(t.name, 0.0)) for t in model.tasks]
+        self.output_names = [*self.prediction_names, "score"]
+        self.input_names = ["ids", *[f"list_{f}" for f in self.list_features], "dense"]
+
+    def forward(self, ids: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+        lists, dense = list(rest[:-1]), rest[-1]
+        inputs = [self.model.combine(e(ids, lists), dense) for e in self.embeddings]
+        out = self.model.head(inputs)
+        preds = [out[name] for name in self.prediction_names]
+        score = torch.ones_like(preds[0])
+        for p, e in zip(preds, self.exponents, strict=True):
+            if e:
+                score = score * p.clamp_min(1e-12) ** e
+        return (*preds, score)

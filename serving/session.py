@@ -1,0 +1,97 @@
+"""ONNX Runtime session factory: TensorRT -> CUDA -> CPU by availability, with CPU threading.
+
+``onnxruntime-gpu`` lists the TensorRT and CUDA providers even on machines without a GPU and then
+fails to load them noisily, so GPU providers are only asked for when a GPU is visible
+(``nvidia-smi -L`` lists one). The provider that actually runs is logged and returned.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+GPU_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CPU = "CPUExecutionProvider"
+SHORT = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": CPU}
+
+
+class ModelFileError(ValueError):
+    """The ONNX file is missing or ONNX Runtime cannot load it."""
+
+
+@functools.cache
+def gpu_visible() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return False
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def choose_providers(requested: str = "auto") -> list[str]:
+    """``auto``: TensorRT and CUDA (when built in and a GPU is visible), then CPU. Or one of
+    ``tensorrt``, ``cuda``, ``cpu`` (CPU is always kept last as the fallback)."""
+    available = ort.get_available_providers()
+    if requested != "auto":
+        if requested not in SHORT:
+            raise ValueError(f"provider {requested!r}: choose auto, tensorrt, cuda or cpu")
+        wanted = SHORT[requested]
+        if wanted not in available:
+            raise ValueError(f"provider {requested!r} is not built into this onnxruntime ({available})")
+        return [wanted] if wanted == CPU else [wanted, CPU]
+    gpu = [p for p in GPU_ORDER if p in available] if gpu_visible() else []
+    return [*gpu, CPU]
+
+
+@dataclass
+class Session:
+    session: ort.InferenceSession
+    provider: str
+    path: Path
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+
+def make_session(path: str | Path, providers: str = "auto", threads: int | None = None) -> Session:
+    """Open ``path``. On CPU, intra-op threads default to the machine's cores and inter-op to 1
+    (one batch at a time); graph optimisation is at its highest level."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: ONNX model not found")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    chosen = choose_providers(providers)
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=chosen)
+    except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
+        raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+    running = session.get_providers()[0]
+    log.info("ONNX Runtime runs %s on %s (asked for %s)", path.name, running, chosen)
+    return Session(session, running, path)

@@ -1,0 +1,34 @@
+"""A small synthetic feed, fitted and transformed once per module: the input of model tests."""
+
+from pathlib import Path
+
+import pytest
+
+from recsys_moe.data.raw import read_synthetic
+from recsys_moe.data.synthetic import generate
+from recsys_moe.features import fit, transform
+from tests.features.conftest import small_config
+
+
+def build_small_features(tmp: Path, *extra: str):
+    cfg = small_config(tmp, f"experiment.work_dir={tmp / 'work'}", "training.max_epochs=2",
+                       "training.batch_size=512", "training.log_every_n_steps=5", *extra)
+    generate(cfg.data.synthetic, cfg.experiment.seed, cfg.data.raw_dir)
+    raw = read_synthetic(cfg.data.raw_dir)
+    spec = fit(raw, cfg)
+    spec.save(cfg.experiment.work_dir / "features" / "spec")
+    transform(raw, spec, cfg.split, cfg.experiment.work_dir / "features" / "data")
+    return cfg, spec
+
+
+@pytest.fixture(scope="module")
+def small_features(tmp_path_factory):
+    """(config, FeatureSpec) with model-ready Parquet under ``<work_dir>/features``."""
+    return build_small_features(tmp_path_factory.mktemp("train"))
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

@@ -1,0 +1,37 @@
+"""Export job on a trained model: ONNX + spec folder, MLflow registration, loadable version."""
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from recsys_moe.export.job import restore_spec_dir, run_export
+from recsys_moe.export.onnx_export import read_metadata
+from recsys_moe.features.spec import FeatureSpec
+from recsys_moe.training.train import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_export_trained_model_registers_a_version(small_features, mlflow_uri, tmp_path):
+    cfg, spec = small_features
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_epochs": 1})})
+    trained = train(cfg, output_dir=tmp_path / "run", progress=False, evaluate_test=False)
+    result = run_export(cfg, model_dir=trained.model_dir, output=tmp_path / "export", parity_rows=2000)
+    assert result.parity.passed and result.parity.rows == 2000
+    assert FeatureSpec.load(result.spec_dir).content_hash == spec.content_hash
+    assert read_metadata(result.onnx_path)["trained_run_id"] == trained.run_id
+    assert result.run_id == trained.run_id and result.registered_version == "1"
+
+    client = MlflowClient(mlflow_uri)
+    version = client.get_model_version(result.registered_name, "1")
+    assert version.tags["spec_hash"] == spec.content_hash
+    assert client.get_run(trained.run_id).info.status == "FINISHED"
+    mlflow.set_tracking_uri(mlflow_uri)
+    loaded = mlflow.onnx.load_model(f"models:/{result.registered_name}/1")
+    assert [o.name for o in loaded.graph.output] == ["probs_ctr", "pred_watch_time", "score"]
+    local = mlflow.artifacts.download_artifacts(f"models:/{result.registered_name}/1", dst_path=str(tmp_path / "dl"))
+    restored = restore_spec_dir(f"{local}/extra_files", tmp_path / "spec")
+    assert FeatureSpec.load(restored).content_hash == spec.content_hash
+
+    again = run_export(cfg, model_dir=trained.model_dir, output=tmp_path / "export", parity_rows=500)
+    assert again.registered_version == "2"
