@@ -1,5 +1,5 @@
 """The ONNX twin: the trained model with torchrec's EmbeddingBagCollection swapped for plain
-``nn.Embedding`` lookups pooled over padded ids with a mask.
+``nn.Embedding`` lookups pooled over padded ids (padding reads an all-zero row).
 
 Exporting an ``EmbeddingBag`` (torchrec's or torch's) yields ONNX ``Loop`` ops, 10-100x slower in
 ONNX Runtime and unsupported by TensorRT (measured, see ../shared/ARCHITECTURE.md). The twin's
@@ -31,9 +31,13 @@ class PaddedEmbedding(nn.Module):
     def __init__(self, sparse: SparseEmbedding, id_features: list[str], list_features: list[str]) -> None:
         super().__init__()
         weights = sparse.table_weights()
+        # One extra all-zero row per table: padding ids point there, so pooling is a plain
+        # ReduceSum with no mask multiply.
         self.tables = nn.ModuleDict({
-            name: nn.Embedding.from_pretrained(w.detach().clone(), freeze=True) for name, w in weights.items()
+            name: nn.Embedding.from_pretrained(torch.cat([w.detach(), w.new_zeros(1, w.shape[1])]), freeze=True)
+            for name, w in weights.items()
         })
+        self.pad_rows = {name: w.shape[0] for name, w in weights.items()}
         table_of = {f: t.name for t in sparse.tables for f in t.feature_names}
         pooling_of = {t.name: t.pooling for t in sparse.tables}
         # (kind, position, table, mean) per feature in the model's feature order
@@ -52,10 +56,10 @@ class PaddedEmbedding(nn.Module):
                 pooled.append(emb(ids[:, pos]))
                 continue
             x = lists[pos]
-            mask = (x >= 0).to(emb.weight.dtype).unsqueeze(-1)  # [B, L, 1]
-            summed = (emb(x.clamp_min(0)) * mask).sum(1)
+            valid = x >= 0
+            summed = emb(torch.where(valid, x, self.pad_rows[table])).sum(1)
             if mean:
-                summed = summed / mask.sum(1).clamp_min(1.0)
+                summed = summed / valid.sum(1, keepdim=True).clamp_min(1).to(summed.dtype)
             pooled.append(summed)
         return torch.cat(pooled, dim=1)
 
