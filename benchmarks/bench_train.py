@@ -37,12 +37,12 @@ SPLITS = {
 METRICS = ("auc_ctr", "logloss_ctr", "rmse_watch_time", "spearman_watch_time")
 
 
-def prepare(split_sets: list[str], work: Path):
+def prepare(split_sets: list[str], work: Path, overrides: list[str]):
     from recsys_moe.config import load_config
     from recsys_moe.data.raw import load_raw
     from recsys_moe.features import fit, transform
 
-    cfg = load_config(ROOT / "configs/kuairand.yaml", [*split_sets, f"data.kuairand.path={KUAIRAND}", f"experiment.work_dir={work}"])
+    cfg = load_config(ROOT / "configs/kuairand.yaml", [*split_sets, f"data.kuairand.path={KUAIRAND}", f"experiment.work_dir={work}", *overrides])
     raw = load_raw(cfg.data)
     spec = fit(raw, cfg)
     spec.save(work / "features/spec")
@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--models", nargs="+", default=["mmoe", "shared_bottom", "single_task"])
     ap.add_argument("--splits", nargs="+", default=list(SPLITS))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="Extra config override, repeatable.")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/train_kuairand.json")
     args = ap.parse_args()
     if not KUAIRAND.is_dir():
@@ -75,12 +76,12 @@ def main() -> None:
     from recsys_moe.training.train import train
 
     results: dict[str, object] = {"benchmark": "train_kuairand", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-                                  "torch_threads": __import__("torch").get_num_threads(), "splits": {}}
+                                  "torch_threads": __import__("torch").get_num_threads(), "overrides": args.overrides, "splits": {}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
         for split_name in args.splits:
-            base_cfg, spec = prepare(SPLITS[split_name], tmp / split_name)
+            base_cfg, spec = prepare(SPLITS[split_name], tmp / split_name, args.overrides)
             rows = {}
             steady: list[float] = []
             for kind in args.models:

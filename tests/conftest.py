@@ -6,6 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from recsys_moe.data.raw import read_synthetic
+from recsys_moe.data.synthetic import generate
+from recsys_moe.features import fit, transform
+from tests.features.conftest import small_config
+
 ROOT = Path(__file__).resolve().parents[1]
 KUAIRAND_DIR = (ROOT.parent / "shared" / "data" / "kuairand").resolve()
 
@@ -15,3 +20,28 @@ def kuairand_dir() -> Path:
     if not (KUAIRAND_DIR / "log_standard_4_25_to_5_04_pure.csv.gz").is_file():
         pytest.skip(f"KuaiRand data not found at {KUAIRAND_DIR}")
     return KUAIRAND_DIR
+
+
+def build_small_features(tmp: Path, *extra: str):
+    """A small synthetic feed generated, fitted and transformed under ``tmp`` (model-test input)."""
+    cfg = small_config(tmp, f"experiment.work_dir={tmp / 'work'}", "training.max_epochs=2",
+                       "training.batch_size=512", "training.log_every_n_steps=5", *extra)
+    generate(cfg.data.synthetic, cfg.experiment.seed, cfg.data.raw_dir)
+    raw = read_synthetic(cfg.data.raw_dir)
+    spec = fit(raw, cfg)
+    spec.save(cfg.experiment.work_dir / "features" / "spec")
+    transform(raw, spec, cfg.split, cfg.experiment.work_dir / "features" / "data")
+    return cfg, spec
+
+
+@pytest.fixture(scope="module")
+def small_features(tmp_path_factory):
+    """(config, FeatureSpec) with model-ready Parquet under ``<work_dir>/features``."""
+    return build_small_features(tmp_path_factory.mktemp("train"))
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

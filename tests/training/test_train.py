@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from recsys_moe.training.artifacts import load_model
 from recsys_moe.training.train import TrainError, train
-from tests.training.conftest import build_small_features
+from tests.conftest import build_small_features
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
