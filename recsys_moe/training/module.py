@@ -31,8 +31,6 @@ class MultiTaskModule(L.LightningModule):
         self.log_vars = nn.Parameter(torch.zeros(len(model.tasks))) if tasks.weighting == "uncertainty" else None
         self._val: dict[str, list[Tensor]] = {}
         self._gates = GateAccumulator()
-        self.last_gate_summary: GateSummary | None = None
-        self.last_val_metrics: dict[str, float] = {}
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         return self.model(batch.sparse, batch.dense)
@@ -97,8 +95,6 @@ class MultiTaskModule(L.LightningModule):
             return
         if summary is not None and not self.trainer.sanity_checking:
             summary.warn_collapse()
-        self.last_gate_summary = summary
-        self.last_val_metrics = dict(logged)
         logged = {k: v for k, v in logged.items() if np.isfinite(v)}
         monitor = f"val/{self.tasks_cfg.monitor}"
         self.log(monitor, logged.pop(monitor, float("nan")), prog_bar=True)
