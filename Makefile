@@ -18,6 +18,9 @@ demo: install
 	$(CLI) features fit --config configs/synthetic.yaml
 	$(CLI) features transform --config configs/synthetic.yaml --overwrite
 	$(CLI) train --config configs/synthetic.yaml --fresh
+	$(CLI) export --config configs/synthetic.yaml
+	$(CLI) score --config configs/synthetic.yaml --model runs/synthetic/export/mmoe/model.onnx \
+		--input data/synthetic/raw/impressions/date=2024-01-14 --output runs/synthetic/scores --overwrite
 
 test: install
 	$(VENV)/bin/ruff check .

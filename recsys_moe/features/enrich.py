@@ -11,7 +11,12 @@ import polars as pl
 
 from recsys_moe.data.raw import RawTables
 from recsys_moe.data.schema import RawDataError
-from recsys_moe.features.pointintime import POINT_IN_TIME_COLUMNS, HistoryState, add_point_in_time
+from recsys_moe.features.pointintime import (
+    POINT_IN_TIME_COLUMNS,
+    HistoryState,
+    add_point_in_time,
+    point_in_time_from_state,
+)
 
 DERIVED_COLUMNS = ("hour", "weekday")
 
@@ -100,7 +105,8 @@ def _enriched_days(
 
 
 def _enrich(
-    rows: pl.DataFrame, raw: RawTables, items: pl.DataFrame, category: pl.DataFrame | None, state: HistoryState
+    rows: pl.DataFrame, raw: RawTables, items: pl.DataFrame, category: pl.DataFrame | None, state: HistoryState,
+    advance: bool = True,
 ) -> tuple[pl.DataFrame, HistoryState]:
     chunk = (
         rows.join(raw.users, on="user_id", how="left", maintain_order="left")
@@ -110,7 +116,10 @@ def _enrich(
             pl.col("timestamp").dt.weekday().cast(pl.Int8).alias("weekday"),
         )
     )
-    chunk, state = add_point_in_time(chunk, state)
+    if advance:
+        chunk, state = add_point_in_time(chunk, state)
+    else:
+        chunk = point_in_time_from_state(chunk, state)
     if category is not None:
         cats = category["category"].cast(pl.Int64)
         chunk = chunk.with_columns(
@@ -119,6 +128,16 @@ def _enrich(
             .alias("hist_click_categories")
         )
     return chunk, state
+
+
+def enrich_candidates(rows: pl.DataFrame, raw: RawTables, state: HistoryState) -> pl.DataFrame:
+    """Enrich impressions to score (no labels needed): the same joins and derived columns as the
+    replay, with point-in-time features read from ``state`` (the history up to the end of the
+    transformed log), which is left unchanged. Row order is kept."""
+    items = raw.items
+    category = items.select("item_id", "category") if "category" in items.columns else None
+    chunk, _ = _enrich(rows, raw, items, category, state, advance=False)
+    return chunk
 
 
 def initial_state(raw: RawTables, max_len: int, long_watch_s: float) -> HistoryState:

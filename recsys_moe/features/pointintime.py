@@ -205,3 +205,28 @@ def add_point_in_time(chunk: pl.DataFrame, state: HistoryState) -> tuple[pl.Data
         int(ts.max()),
     )
     return out, new_state
+
+
+def point_in_time_from_state(chunk: pl.DataFrame, state: HistoryState) -> pl.DataFrame:
+    """Add the point-in-time columns from ``state`` alone, for rows whose outcomes are unknown
+    (candidates to score): nothing is learned from the rows themselves and the state is not
+    advanced. Equals :func:`add_point_in_time` for rows that all share one timestamp."""
+    empty = pl.lit([], dtype=pl.List(pl.Int64))
+    lists = chunk.select(pl.col("user_id").cast(pl.Int64)).join(
+        state.user_hist, on="user_id", how="left", maintain_order="left"
+    ).select(
+        pl.col("hist_click_items").fill_null(empty).list.head(state.max_len),
+        pl.col("hist_long_watch_items").fill_null(empty).list.head(state.max_len),
+    )
+    counters = []
+    for who, counts in (("user", state.user_counts), ("item", state.item_counts)):
+        key = f"{who}_id"
+        c = chunk.select(pl.col(key).cast(pl.Int64)).join(counts, on=key, how="left", maintain_order="left").fill_null(0)
+        imps = c["imps"].cast(pl.Float64)
+        counters += [
+            imps.alias(f"{who}_impressions"),
+            c["clicks"].cast(pl.Float64).alias(f"{who}_clicks"),
+            pl.Series(f"{who}_ctr", (c["clicks"] / imps).to_numpy(), dtype=pl.Float64).fill_nan(None),
+            pl.Series(f"{who}_watch_mean", (c["watch"] / imps).to_numpy(), dtype=pl.Float64).fill_nan(None),
+        ]
+    return pl.concat([chunk, lists], how="horizontal").with_columns(counters)

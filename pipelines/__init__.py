@@ -1,0 +1,1 @@
+"""The jobs: batch scoring (built), scheduled training and offline evaluation (open issues)."""

@@ -1,0 +1,224 @@
+"""Batch scoring job: raw impressions -> features (the training transform's code) -> ONNX Runtime
+-> Parquet parts. Imports no torch.
+
+Output folder::
+
+    part-00000.parquet ...   impression_id (when the input has it), user_id, item_id, timestamp,
+                             one column per task prediction, score, model_version
+    MANIFEST.json            input fingerprint, model, rows per finished part, complete flag
+
+Each part is written to a temporary name and renamed; the manifest is rewritten (temp + rename)
+after every part. A rerun with the same input, model and batch size skips the parts the manifest
+lists, so a crashed job resumes without duplicate or missing rows.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from recsys_moe.config import Config
+from recsys_moe.data.raw import RawTables, load_raw
+from recsys_moe.data.schema import validate_items, validate_users
+from recsys_moe.features.enrich import check_join_columns, enrich_candidates, initial_state
+from recsys_moe.features.fit import check_sources
+from recsys_moe.features.pointintime import HistoryState
+from recsys_moe.features.spec import FeatureSpec
+from recsys_moe.features.transform import feature_exprs
+from serving.inputs import onnx_inputs
+from serving.session import make_session
+
+KEY_COLUMNS = ("user_id", "item_id", "timestamp")
+
+
+class ScoringError(ValueError):
+    """The job cannot run (bad input, model/spec mismatch, ...); the message says what to fix."""
+
+
+@dataclass
+class ScoreSummary:
+    output: Path
+    rows: int = 0
+    parts: int = 0
+    skipped_parts: int = 0
+    seconds: float = 0.0
+    provider: str = ""
+    model_version: str = ""
+    state_source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def input_files(spec: str | Path) -> list[Path]:
+    """A Parquet file, a directory (all ``*.parquet`` below it) or a glob; sorted."""
+    text = str(spec)
+    p = Path(text)
+    if p.is_dir():
+        files = sorted(p.rglob("*.parquet"))
+    elif any(ch in text for ch in "*?["):
+        files = sorted(Path(f) for f in glob.glob(text, recursive=True))
+    else:
+        files = [p] if p.is_file() else []
+    if not files:
+        raise ScoringError(f"{spec}: no Parquet input found")
+    return files
+
+
+def resolve_model(cfg: Config, model: str, cache: Path) -> tuple[Path, Path, str]:
+    """``models:/name@alias``, ``models:/name/version`` or an ONNX file with ``feature_spec/``
+    beside it -> (onnx path, spec dir, version label)."""
+    if model.startswith("models:/"):
+        import mlflow
+
+        from recsys_moe import tracking
+        from recsys_moe.export.job import restore_spec_dir
+
+        mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(model, dst_path=str(cache / "download")))
+        except Exception as exc:  # MLflow raises several untyped errors for unknown names/aliases
+            raise ScoringError(f"{model}: cannot fetch the model from MLflow ({exc})") from exc
+        onnx_files = sorted(local.rglob("*.onnx"))
+        if not onnx_files or not (local / "extra_files" / "spec.json").is_file():
+            raise ScoringError(f"{model}: not an exported recsys-moe model (ONNX file or FeatureSpec missing)")
+        spec_dir = restore_spec_dir(local / "extra_files", cache / "feature_spec")
+        return onnx_files[0], spec_dir, model
+    path = Path(model)
+    if not path.is_file():
+        raise ScoringError(f"{path}: ONNX model not found")
+    spec_dir = path.parent / "feature_spec"
+    if not (spec_dir / "spec.json").is_file():
+        raise ScoringError(f"{path}: no feature_spec/ beside the model; export it with `recsys-moe export`")
+    return path, spec_dir, str(path)
+
+
+def fingerprint(files: list[Path], model_label: str, spec_hash: str, batch_rows: int) -> str:
+    h = hashlib.sha256(f"{model_label}|{spec_hash}|{batch_rows}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _check_input(files: list[Path], spec: FeatureSpec, raw: RawTables) -> None:
+    schema = pq.read_schema(files[0])
+    missing = [c for c in KEY_COLUMNS if c not in schema.names]
+    if missing:
+        raise ScoringError(f"{files[0]}: column(s) {missing} missing (scoring input needs {list(KEY_COLUMNS)})")
+    candidates = RawTables(impressions=pl.scan_parquet(files[0]), users=raw.users, items=raw.items, source="scoring input")
+    check_join_columns(candidates)
+    try:
+        check_sources(spec.features, candidates)
+    except ValueError as exc:
+        raise ScoringError(f"{files[0]}: {exc}") from exc
+
+
+def score(
+    cfg: Config, model: str, input_path: str | Path, output: str | Path, state_dir: str | Path | None = None,
+    batch_rows: int = 100_000, providers: str = "auto", overwrite: bool = False,
+    on_rows: Callable[[int], None] | None = None,
+) -> ScoreSummary:
+    """Score every input row once; see the module docstring for the output and resume rules."""
+    start = time.perf_counter()
+    output = Path(output)
+    files = input_files(input_path)
+    with tempfile.TemporaryDirectory() as cache_name:
+        onnx_path, spec_dir, label = resolve_model(cfg, model, Path(cache_name))
+        spec = FeatureSpec.load(spec_dir)
+        session = make_session(onnx_path, providers)
+        meta = session.metadata()
+        if meta.get("spec_hash") != spec.content_hash:
+            raise ScoringError(
+                f"{onnx_path}: the model was exported with FeatureSpec {meta.get('spec_hash')}, but its spec is "
+                f"{spec.content_hash}; re-export the model with `recsys-moe export`"
+            )
+        # Only users and items are joined; the training log itself is not read (nor validated).
+        raw = load_raw(cfg.data, validate=False)
+        validate_users(raw.users, raw.files.get("users", "users"))
+        validate_items(raw.items, raw.files.get("items", "items"))
+        _check_input(files, spec, raw)
+        summary = ScoreSummary(output, provider=session.provider, model_version=label)
+        default_state = cfg.experiment.work_dir / "features" / "data" / "state"
+        state_path = Path(state_dir) if state_dir else default_state
+        if (state_path / "state.json").is_file():
+            state = HistoryState.load(state_path)
+            summary.state_source = str(state_path)
+        else:
+            if state_dir:
+                raise ScoringError(f"{state_path}: no history state here (state.json missing)")
+            hist = spec.features.history
+            state = initial_state(raw, hist.max_len, hist.long_watch_s)
+            summary.state_source = "prior history only"
+            summary.notes.append(f"no state at {default_state}: history features start from the source's prior history")
+        fp = fingerprint(files, label, spec.content_hash, batch_rows)
+        manifest_path = output / "MANIFEST.json"
+        manifest = {"fingerprint": fp, "model": label, "spec_hash": spec.content_hash, "batch_rows": batch_rows,
+                    "inputs": [str(f) for f in files], "parts": {}, "complete": False}
+        if manifest_path.is_file():
+            old = json.loads(manifest_path.read_text())
+            if old.get("fingerprint") == fp:
+                manifest = old
+            elif overwrite:
+                shutil.rmtree(output)
+            else:
+                raise ScoringError(f"{output} holds scores of another input or model; pass --overwrite or another --output")
+        elif output.exists() and any(output.iterdir()):
+            if not overwrite:
+                raise ScoringError(f"{output} exists and is not a scoring output; pass --overwrite or another --output")
+            shutil.rmtree(output)
+        output.mkdir(parents=True, exist_ok=True)
+
+        exprs = feature_exprs(spec)
+        task_outputs = session.output_names
+        dataset = ds.dataset([str(f) for f in files], format="parquet")
+        for i, batch in enumerate(dataset.to_batches(batch_size=batch_rows, use_threads=False)):
+            name = f"part-{i:05d}.parquet"
+            if name in manifest["parts"] and (output / name).is_file():
+                summary.skipped_parts += 1
+                summary.rows += manifest["parts"][name]
+                if on_rows:
+                    on_rows(manifest["parts"][name])
+                continue
+            if batch.num_rows == 0:
+                continue
+            rows = pl.from_arrow(pa.Table.from_batches([batch]))
+            enriched = enrich_candidates(rows, raw, state)
+            feats = enriched.select(exprs).to_arrow()
+            preds = session.session.run(None, onnx_inputs(feats, spec))
+            keep = [c for c in ("impression_id", *KEY_COLUMNS) if c in rows.columns]
+            out = rows.select(keep).with_columns(
+                *[pl.Series(n, p) for n, p in zip(task_outputs, preds, strict=True)],
+                pl.lit(label).alias("model_version"),
+            )
+            _write_atomic(output / name, lambda tmp, out=out: out.write_parquet(tmp))
+            manifest["parts"][name] = out.height
+            _write_atomic(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+            summary.parts += 1
+            summary.rows += out.height
+            if on_rows:
+                on_rows(out.height)
+        if summary.rows == 0:
+            raise ScoringError(f"{input_path}: the input has no rows")
+        manifest["complete"] = True
+        manifest["rows"] = summary.rows
+        _write_atomic(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+    summary.seconds = time.perf_counter() - start
+    return summary

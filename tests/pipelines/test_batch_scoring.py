@@ -1,0 +1,110 @@
+"""Batch scoring job: same predictions as torch, one row per input row after a SIGKILL, refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from pipelines.batch_scoring import ScoringError, score
+from recsys_moe.config import ModelConfig, TasksConfig
+from recsys_moe.data.raw import load_raw
+from recsys_moe.export.onnx_export import export_onnx
+from recsys_moe.features.enrich import enrich_candidates
+from recsys_moe.features.pointintime import HistoryState
+from recsys_moe.features.transform import feature_exprs
+from recsys_moe.models import build_model
+from recsys_moe.training.batches import ColumnarSplit
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exported(small_features, tmp_path_factory):
+    cfg, spec = small_features
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(), TasksConfig(), spec).eval()
+    out = tmp_path_factory.mktemp("export")
+    export_onnx(model, spec, out / "model.onnx", pq.read_table(cfg.experiment.work_dir / "features/data/validation"))
+    spec.save(out / "feature_spec")
+    return cfg, spec, model, out / "model.onnx"
+
+
+def candidates(cfg) -> Path:
+    return cfg.data.raw_dir / "impressions" / "date=2024-01-04"
+
+
+def test_scores_equal_torch_on_the_same_raw_rows(exported, tmp_path):
+    cfg, spec, model, onnx_path = exported
+    summary = score(cfg, str(onnx_path), candidates(cfg), tmp_path / "out", batch_rows=1000)
+    raw_rows = pl.read_parquet(candidates(cfg))
+    got = pl.read_parquet(tmp_path / "out" / "*.parquet")
+    assert summary.rows == got.height == raw_rows.height and summary.provider == "CPUExecutionProvider"
+    assert got["impression_id"].to_list() == raw_rows["impression_id"].to_list()
+    manifest = json.loads((tmp_path / "out/MANIFEST.json").read_text())
+    assert manifest["complete"] and sum(manifest["parts"].values()) == raw_rows.height
+
+    state = HistoryState.load(cfg.experiment.work_dir / "features/data/state")
+    feats = enrich_candidates(raw_rows, load_raw(cfg.data), state).select(feature_exprs(spec)).to_arrow()
+    batch = ColumnarSplit(spec, feats, "reference", label_columns=()).batch(torch.arange(feats.num_rows))
+    with torch.no_grad():
+        ref = model(batch.sparse, batch.dense)
+    np.testing.assert_allclose(got["probs_ctr"].to_numpy(), ref["probs_ctr"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(got["pred_watch_time"].to_numpy(), ref["pred_watch_time"].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_killed_job_resumes_with_one_row_per_input_row(exported, tmp_path):
+    cfg, _, _, onnx_path = exported
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "recsys_moe.cli", "score", "-c", str(cfg_path), "--model", str(onnx_path),
+            "--input", str(cfg.data.raw_dir / "impressions"), "--output", str(out), "--batch-rows", "200"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and len(list(out.glob("part-*.parquet"))) < 5:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the job finished before it could be killed"
+    assert not json.loads((out / "MANIFEST.json").read_text())["complete"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "already done" in done.stderr
+    got = pl.read_parquet(out / "*.parquet")
+    want = pl.read_parquet(cfg.data.raw_dir / "impressions/*/*.parquet")
+    assert got.height == want.height and got["impression_id"].n_unique() == want.height
+    assert set(got["impression_id"].to_list()) == set(want["impression_id"].to_list())
+
+
+def test_model_exported_with_another_spec_is_refused(exported, tmp_path):
+    cfg, spec, _, onnx_path = exported
+    other = tmp_path / "m"
+    other.mkdir()
+    (other / "model.onnx").write_bytes(onnx_path.read_bytes())
+    changed = type(spec)(**{**spec.__dict__, "rows_fitted": spec.rows_fitted + 1})  # a different, valid spec
+    changed.save(other / "feature_spec")
+    with pytest.raises(ScoringError, match="exported with FeatureSpec"):
+        score(cfg, str(other / "model.onnx"), candidates(cfg), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_column_empty_input_and_no_input(exported, tmp_path):
+    cfg, _, _, onnx_path = exported
+    pl.read_parquet(candidates(cfg)).drop("item_id").write_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ScoringError, match=r"bad.parquet: column\(s\) \['item_id'\] missing"):
+        score(cfg, str(onnx_path), tmp_path / "bad.parquet", tmp_path / "out")
+    pl.read_parquet(candidates(cfg)).head(0).write_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(ScoringError, match="no rows"):
+        score(cfg, str(onnx_path), tmp_path / "empty.parquet", tmp_path / "out2")
+    with pytest.raises(ScoringError, match="no Parquet input"):
+        score(cfg, str(onnx_path), tmp_path / "nothing-here", tmp_path / "out3")
