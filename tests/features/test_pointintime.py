@@ -86,3 +86,30 @@ def test_state_roundtrip(tmp_path, rng):
     back = HistoryState.load(tmp_path / "s")
     assert back.user_hist.equals(state.user_hist) and back.item_counts.equals(state.item_counts)
     assert back.last_ts_ms == state.last_ts_ms
+
+
+def test_features_from_state_equal_replay_for_rows_sharing_one_timestamp():
+    """Scoring reads history from the state only; for rows with one common timestamp the replay
+    also sees nothing of the chunk itself, so both must agree column for column."""
+    import datetime as dt
+
+    import polars as pl
+
+    from recsys_moe.features.pointintime import HistoryState, add_point_in_time, point_in_time_from_state
+
+    t0 = dt.datetime(2024, 1, 1)
+    past = pl.DataFrame({
+        "user_id": [1, 1, 2, 3, 1], "item_id": [10, 11, 10, 12, 13],
+        "timestamp": [t0 + dt.timedelta(seconds=s) for s in (0, 1, 2, 3, 4)],
+        "click": [1, 0, 1, 1, 1], "watch_time_s": [20.0, 0.0, 5.0, 30.0, 25.0],
+    })
+    _, state = add_point_in_time(past, HistoryState.empty(3, 10.0))
+    now = pl.DataFrame({
+        "user_id": [1, 2, 4, 1], "item_id": [10, 12, 10, 99], "timestamp": [t0 + dt.timedelta(hours=1)] * 4,
+        "click": [0, 1, 0, 1], "watch_time_s": [0.0, 3.0, 4.0, 50.0],
+    })
+    replayed, _ = add_point_in_time(now, state)
+    frozen = point_in_time_from_state(now, state)
+    assert frozen.equals(replayed)
+    assert frozen["hist_click_items"].to_list()[0] == [13, 10]  # newest first
+    assert frozen["user_ctr"].to_list()[2] is None  # unseen user: no rate, not 0
