@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,6 @@ def load_model(directory: str | Path) -> tuple[MultiTaskModel, FeatureSpec, dict
     try:
         state = torch.load(directory / "state_dict.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (OSError, RuntimeError, EOFError) as exc:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"{directory / 'state_dict.pt'}: cannot load weights ({exc})") from exc
     return model.eval(), spec, meta

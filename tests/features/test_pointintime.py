@@ -95,7 +95,11 @@ def test_features_from_state_equal_replay_for_rows_sharing_one_timestamp():
 
     import polars as pl
 
-    from recsys_moe.features.pointintime import HistoryState, add_point_in_time, point_in_time_from_state
+    from recsys_moe.features.pointintime import (
+        HistoryState,
+        add_point_in_time,
+        point_in_time_from_state,
+    )
 
     t0 = dt.datetime(2024, 1, 1)
     past = pl.DataFrame({
