@@ -15,12 +15,20 @@ def padded_ids(col: pa.ChunkedArray | pa.Array, max_len: int) -> np.ndarray:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     offsets = np.asarray(arr.offsets, dtype=np.int64)
     values = np.asarray(arr.values, dtype=np.int64)
-    lens = np.minimum(np.diff(offsets), max_len)
-    out = np.full((len(arr), max_len), PAD, dtype=np.int64)
-    rows = np.repeat(np.arange(len(arr)), lens)
-    pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-    out[rows, pos] = values[offsets[:-1][rows] + pos]
-    return out
+    n = len(arr)
+    lens = np.diff(offsets)
+    out = np.full(n * max_len, PAD, dtype=np.int64)
+    if lens.max(initial=0) <= max_len:
+        # The transform already cut lists to max_len: one scatter of the contiguous values, each
+        # list shifted from its offset to the start of its row.
+        shift = np.repeat(np.arange(n, dtype=np.int64) * max_len - offsets[:-1], lens)
+        out[np.arange(offsets[0], offsets[-1]) + shift] = values[offsets[0]: offsets[-1]]
+        return out.reshape(n, max_len)
+    cut = np.minimum(lens, max_len)
+    rows = np.repeat(np.arange(n), cut)
+    pos = np.arange(cut.sum()) - np.repeat(np.cumsum(cut) - cut, cut)
+    out[rows * max_len + pos] = values[offsets[:-1][rows] + pos]
+    return out.reshape(n, max_len)
 
 
 def onnx_inputs(table: pa.Table, spec: FeatureSpec) -> dict[str, np.ndarray]:

@@ -98,7 +98,10 @@ def test_failed_export_leaves_nothing(small_features, tmp_path, monkeypatch):
 
 def test_padded_ids_cut_and_pad():
     col = pa.array([[3, 4, 5], [], [7]], type=pa.list_(pa.int64()))
-    np.testing.assert_array_equal(padded_ids(col, 2), [[3, 4], [-1, -1], [7, -1]])
+    np.testing.assert_array_equal(padded_ids(col, 2), [[3, 4], [-1, -1], [7, -1]])  # cut
+    np.testing.assert_array_equal(padded_ids(col, 3), [[3, 4, 5], [-1, -1, -1], [7, -1, -1]])  # fast path
+    sliced = pa.array([[1, 2], [3], [4, 5, 6], []], type=pa.list_(pa.int64())).slice(1, 3)  # offsets start at 2
+    np.testing.assert_array_equal(padded_ids(sliced, 3), [[3, -1, -1], [4, 5, 6], [-1, -1, -1]])
 
 
 def test_session_runs_on_cpu_here(exported):
