@@ -17,7 +17,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -30,13 +29,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from recsys_moe.atomic import replacing
 from recsys_moe.config import Config
 from recsys_moe.data.raw import RawTables, load_raw
 from recsys_moe.data.schema import validate_items, validate_users
 from recsys_moe.features.enrich import check_join_columns, enrich_candidates, initial_state
 from recsys_moe.features.fit import check_sources
 from recsys_moe.features.pointintime import HistoryState
-from recsys_moe.features.spec import FeatureSpec
+from recsys_moe.features.spec import FeatureSpec, restore_spec_dir
 from recsys_moe.features.transform import feature_exprs
 from serving.inputs import onnx_inputs
 from serving.session import make_session
@@ -83,7 +83,6 @@ def resolve_model(cfg: Config, model: str, cache: Path) -> tuple[Path, Path, str
         import mlflow
 
         from recsys_moe import tracking
-        from recsys_moe.export.job import restore_spec_dir
 
         mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
         try:
@@ -113,9 +112,8 @@ def fingerprint(files: list[Path], model_label: str, spec_hash: str, batch_rows:
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        write(tmp)
 
 
 def _check_input(files: list[Path], spec: FeatureSpec, raw: RawTables) -> None:

@@ -282,6 +282,7 @@ def train_cmd(
     continues the same MLflow run. The best weights land in <output>/model (state_dict + spec).
     """
     from recsys_moe.features import SpecError
+    from recsys_moe.tracking import tracking_uri
     from recsys_moe.training.artifacts import ModelLoadError
     from recsys_moe.training.batches import DataError
     from recsys_moe.training.train import TrainError, train
@@ -307,7 +308,7 @@ def train_cmd(
     console.print(
         f"{result.epochs} epochs, {result.global_step:,} steps in {result.seconds:.1f}s (median {rate} samples/s per epoch)"
         f"{' (resumed)' if result.resumed else ''}\nmodel: {result.model_dir}\n"
-        f"MLflow run: {result.run_id or 'tracking disabled'} (`mlflow ui --backend-store-uri {tracking_uri_for(cfg)}`)",
+        f"MLflow run: {result.run_id or 'tracking disabled'} (`mlflow ui --backend-store-uri {tracking_uri(cfg)}`)",
         highlight=False,
     )
 
@@ -396,12 +397,6 @@ def score_cmd(
         f"in {summary.seconds:.1f}s ({summary.rows / max(summary.seconds, 1e-9):,.0f} rows/s) on {summary.provider}; "
         f"model {summary.model_version}; history from {summary.state_source}", highlight=False,
     )
-
-
-def tracking_uri_for(cfg: Config) -> str:
-    from recsys_moe.tracking import tracking_uri
-
-    return tracking_uri(cfg)
 
 
 def main() -> None:

@@ -8,15 +8,13 @@ Output folder (default ``<work_dir>/export/<model.kind>``)::
 
 With tracking on, the ONNX model is logged with ``mlflow.onnx.log_model`` into the training run
 (or a new run) and registered as a new version of ``tracking.registered_model_name``; the
-FeatureSpec files travel in the model's ``extra_files`` (flattened: ``spec.json`` plus one
-Parquet vocabulary per table; :func:`restore_spec_dir` rebuilds the folder).
+FeatureSpec files travel in the model's ``extra_files``, flattened (see
+:func:`recsys_moe.features.spec.flat_spec_files` and :func:`~recsys_moe.features.spec.restore_spec_dir`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_moe import tracking
+from recsys_moe.atomic import replacing
 from recsys_moe.config import Config
 from recsys_moe.export.onnx_export import ParityReport, export_onnx
+from recsys_moe.features.spec import flat_spec_files
 from recsys_moe.training.artifacts import load_model
 
 
@@ -35,6 +35,7 @@ class ExportResult:
     onnx_path: Path
     spec_dir: Path
     parity: ParityReport
+    spec_hash: str
     registered_name: str | None = None
     registered_version: str | None = None
     run_id: str | None = None
@@ -64,16 +65,6 @@ def download_model_dir(cfg: Config, run_id: str, dest: Path) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(dest)))
 
 
-def restore_spec_dir(flat_dir: str | Path, dest: str | Path) -> Path:
-    """Rebuild a FeatureSpec folder from MLflow's flattened ``extra_files``."""
-    flat_dir, dest = Path(flat_dir), Path(dest)
-    (dest / "vocab").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(flat_dir / "spec.json", dest / "spec.json")
-    for f in flat_dir.glob("*.parquet"):
-        shutil.copy2(f, dest / "vocab" / f.name)
-    return dest
-
-
 def run_export(cfg: Config, model_dir: str | Path | None = None, run_id: str | None = None, output: str | Path | None = None,
                rows: str | Path | None = None, parity_rows: int = 10_000, register: bool = True) -> ExportResult:
     out = Path(output or cfg.experiment.work_dir / "export" / cfg.model.kind)
@@ -84,20 +75,13 @@ def run_export(cfg: Config, model_dir: str | Path | None = None, run_id: str | N
         model, spec, meta = load_model(model_dir)
         run_id = run_id or meta.get("mlflow_run_id")
         table = read_rows(rows or cfg.experiment.work_dir / "features" / "data" / "test", parity_rows)
-        tmp_out = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp_out, ignore_errors=True)
-        tmp_out.mkdir(parents=True)
-        try:
-            version_hint = {"model_kind": meta["kind"], "trained_run_id": str(run_id or ""), "model_spec_hash": meta["spec_hash"]}
-            path, report = export_onnx(model, spec, tmp_out / "model.onnx", table, metadata=version_hint)
+        version_hint = {"model_kind": meta["kind"], "trained_run_id": str(run_id or ""), "model_spec_hash": meta["spec_hash"]}
+        with replacing(out) as tmp_out:
+            tmp_out.mkdir()
+            _, report = export_onnx(model, spec, tmp_out / "model.onnx", table, metadata=version_hint)
             spec.save(tmp_out / "feature_spec")
             (tmp_out / "parity.json").write_text(json.dumps(report.__dict__, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            tmp_out.rename(out)
-        finally:
-            shutil.rmtree(tmp_out, ignore_errors=True)
-    result = ExportResult(out / "model.onnx", out / "feature_spec", report, run_id=run_id)
+    result = ExportResult(out / "model.onnx", out / "feature_spec", report, spec_hash=spec.content_hash, run_id=run_id)
     if register and cfg.tracking.enabled:
         _register(cfg, result)
     return result
@@ -109,7 +93,7 @@ def _register(cfg: Config, result: ExportResult) -> None:
 
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
     name = tracking.registered_model_name(cfg)
-    spec_files = [str(result.spec_dir / "spec.json"), *map(str, sorted((result.spec_dir / "vocab").glob("*.parquet")))]
+    spec_files = [str(f) for f in flat_spec_files(result.spec_dir)]
     client = tracking.client(cfg)
     if result.run_id is None:
         exp = client.get_experiment_by_name(tracking.experiment_name(cfg))
@@ -118,13 +102,9 @@ def _register(cfg: Config, result: ExportResult) -> None:
     with mlflow.start_run(run_id=result.run_id):  # reopens the training run; ends FINISHED
         info = mlflow.onnx.log_model(
             onnx.load(str(result.onnx_path)), name="onnx", registered_model_name=name, extra_files=spec_files,
-            save_as_external_data=False, metadata={"spec_hash": _spec_hash(result)},
+            save_as_external_data=False, metadata={"spec_hash": result.spec_hash},
         )
         mlflow.log_dict(result.parity.__dict__, "export/parity.json")
     result.registered_name = name
     result.registered_version = str(info.registered_model_version)
-    client.set_model_version_tag(name, result.registered_version, "spec_hash", _spec_hash(result))
-
-
-def _spec_hash(result: ExportResult) -> str:
-    return json.loads((result.spec_dir / "spec.json").read_text())["content_hash"]
+    client.set_model_version_tag(name, result.registered_version, "spec_hash", result.spec_hash)

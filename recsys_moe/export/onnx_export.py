@@ -8,7 +8,6 @@ name and renamed into place only after both checks pass.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import onnx
 import pyarrow as pa
 import torch
 
+from recsys_moe.atomic import replacing
 from recsys_moe.export.twin import OnnxTwin
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.models import MultiTaskModel
@@ -114,12 +114,10 @@ def export_onnx(
 ) -> tuple[Path, ParityReport]:
     """Export, check ops and parity, then move the file to ``path``; raise :class:`ExportError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     model = model.eval()
     twin = OnnxTwin(model, spec, score_exponents).eval()
     example = onnx_inputs(parity_rows.slice(0, min(parity_rows.num_rows, 64)), spec)
-    try:
+    with replacing(path) as tmp:
         _export(twin, example, tmp, opset)
         bad = forbidden_ops(graph_ops(tmp))
         if bad:
@@ -133,9 +131,6 @@ def export_onnx(
         report = check_parity(model, spec, tmp, parity_rows)
         if not report.passed:
             raise ExportError(f"{report.summary()}; worst rows: {report.worst_rows}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path, report
 
 

@@ -22,8 +22,6 @@ from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.models import MultiTaskModel
 from recsys_moe.modules import SparseEmbedding
 
-PAD = -1
-
 
 class PaddedEmbedding(nn.Module):
     """Same lookups and pooling as a :class:`SparseEmbedding`, from padded dense id tensors."""

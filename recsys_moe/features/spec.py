@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from recsys_moe.atomic import replacing
 from recsys_moe.config import FeatureDef, FeaturesConfig
 
 SPEC_VERSION = 1
@@ -111,17 +111,12 @@ class FeatureSpec:
     def save(self, directory: str | Path) -> Path:
         """Write the spec atomically (temp directory, then rename over any old one)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "vocab").mkdir(parents=True)
-        for t in self.tables.values():
-            pl.DataFrame({"value": t.vocab}).write_parquet(tmp / "vocab" / f"{t.name}.parquet")
-        header = self._header() | {"content_hash": self.content_hash}
-        (tmp / "spec.json").write_text(json.dumps(header, indent=2, sort_keys=True))
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
+        with replacing(directory) as tmp:
+            (tmp / "vocab").mkdir(parents=True)
+            for t in self.tables.values():
+                pl.DataFrame({"value": t.vocab}).write_parquet(tmp / "vocab" / f"{t.name}.parquet")
+            header = self._header() | {"content_hash": self.content_hash}
+            (tmp / "spec.json").write_text(json.dumps(header, indent=2, sort_keys=True))
         return directory
 
     @classmethod
@@ -160,3 +155,20 @@ class FeatureSpec:
                 f"FeatureSpec was fitted for other feature definitions (spec features hash "
                 f"{self.features_hash}, {where} {features.content_hash()}); refit with `recsys-moe features fit`"
             )
+
+
+def flat_spec_files(directory: str | Path) -> list[Path]:
+    """The files of a saved spec as one flat list (``spec.json``, then each vocabulary), for
+    stores that keep files without folders, such as an MLflow model's ``extra_files``."""
+    directory = Path(directory)
+    return [directory / "spec.json", *sorted((directory / "vocab").glob("*.parquet"))]
+
+
+def restore_spec_dir(flat_dir: str | Path, dest: str | Path) -> Path:
+    """Rebuild a spec folder at ``dest`` from the files :func:`flat_spec_files` listed."""
+    flat_dir, dest = Path(flat_dir), Path(dest)
+    (dest / "vocab").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(flat_dir / "spec.json", dest / "spec.json")
+    for f in flat_dir.glob("*.parquet"):
+        shutil.copy2(f, dest / "vocab" / f.name)
+    return dest

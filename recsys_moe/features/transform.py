@@ -8,8 +8,6 @@ per feature (Int64 index for ids, List[Int64] for lists, Float32 for numerics, p
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from recsys_moe.atomic import replacing
 from recsys_moe.config import FeatureDef, SplitConfig
 from recsys_moe.data.raw import RawTables
 from recsys_moe.features.enrich import Replay, initial_state
@@ -142,15 +141,13 @@ def transform(
         raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     windows = split.windows()
     start = time.perf_counter()
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name in windows:
-        (tmp / name).mkdir(parents=True)
     summary = TransformSummary(out_dir=out_dir, rows_out=dict.fromkeys(windows, 0))
     parts = dict.fromkeys(windows, 0)
     hist = spec.features.history
     replay = Replay(raw, state or initial_state(raw, hist.max_len, hist.long_watch_s), spec.features.chunk_rows)
-    try:
+    with replacing(out_dir) as tmp:
+        for name in windows:
+            (tmp / name).mkdir(parents=True)
         last = max(w.end for w in windows.values())
         for day, chunk in replay.days(last_day=last):
             summary.rows_in += chunk.height
@@ -180,10 +177,4 @@ def transform(
             "features": summary.per_feature(spec),
         }
         (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary

@@ -11,14 +11,13 @@ model/
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from recsys_moe.atomic import replacing
 from recsys_moe.config import ModelConfig, TasksConfig
 from recsys_moe.features.spec import FeatureSpec, SpecError
 from recsys_moe.models import MultiTaskModel, build_model
@@ -34,12 +33,6 @@ def save_model(directory: str | Path, model: MultiTaskModel, model_cfg: ModelCon
                spec: FeatureSpec, extra: dict[str, Any] | None = None) -> Path:
     """Write the folder under a temporary name, then rename it over any old one."""
     directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, tmp / "state_dict.pt")
-    spec.save(tmp / "feature_spec")
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": model.kind,
@@ -50,10 +43,11 @@ def save_model(directory: str | Path, model: MultiTaskModel, model_cfg: ModelCon
         "task_outputs": {t.name: t.prediction_name for t in model.tasks},
         **(extra or {}),
     }
-    (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.rename(directory)
+    with replacing(directory) as tmp:
+        tmp.mkdir()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "state_dict.pt")
+        spec.save(tmp / "feature_spec")
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return directory
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import torch
 import yaml
 
 from recsys_moe import tracking
+from recsys_moe.atomic import replacing
 from recsys_moe.config import Config
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.models import build_model
@@ -108,9 +108,8 @@ def _prepare_output(out: Path, cfg: Config, spec: FeatureSpec, resume: bool) -> 
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def train(

@@ -4,9 +4,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recsys_moe.export.job import restore_spec_dir, run_export
+from recsys_moe.export.job import run_export
 from recsys_moe.export.onnx_export import read_metadata
-from recsys_moe.features.spec import FeatureSpec
+from recsys_moe.features.spec import FeatureSpec, restore_spec_dir
 from recsys_moe.training.train import train
 
 pytestmark = pytest.mark.slow

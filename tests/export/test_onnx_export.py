@@ -112,7 +112,7 @@ def test_session_runs_on_cpu_here(exported):
     assert [o.shape for o in out] == [(3,)] * 3
 
 
-def test_serving_imports_without_torch():
-    code = "import sys; sys.modules['torch'] = None; import serving.session, serving.inputs, recsys_moe.features; print('ok')"
+def test_serving_and_scoring_job_import_without_torch():
+    code = "import sys; sys.modules['torch'] = None; import serving.session, serving.inputs, recsys_moe.features, pipelines.batch_scoring; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -1,0 +1,39 @@
+"""Write a file or folder under a temporary sibling name and move it into place only when done.
+
+Every job that writes outputs uses :func:`replacing`, so a crash never leaves a half-written
+file or folder at the real path (imports without torch)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """Yield ``.<name>.tmp-<pid>`` beside ``path`` for the caller to create and fill.
+
+    When the block ends normally the temporary replaces ``path`` (a file atomically; an old folder
+    is removed first, then the new one renamed in). When it raises, the temporary is deleted and
+    ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir() and path.exists():
+            _remove(path)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)  # nothing left to remove after a successful replace
