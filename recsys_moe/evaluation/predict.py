@@ -1,0 +1,152 @@
+"""Predictions of any saved model form on model-ready rows, behind one interface.
+
+* a model folder (``state_dict.pt`` + ``model.json`` + ``feature_spec/``) or a Lightning
+  checkpoint (``.ckpt`` inside a training run folder): torchrec model, gate weights available;
+* an exported ONNX file with ``feature_spec/`` beside it: ONNX Runtime, no gate outputs (the
+  graph returns predictions and the score only).
+
+Task kinds of an ONNX model come from its output names: ``probs_<task>`` is a binary task,
+``pred_<task>`` a watch-time task (see :mod:`recsys_moe.tasks`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from recsys_moe.features.spec import FeatureSpec
+
+log = logging.getLogger(__name__)
+
+
+class PredictError(ValueError):
+    """A model cannot be loaded or run on the rows (torch-free, so callers can catch it without
+    importing torch)."""
+
+
+@dataclass
+class ModelPredictions:
+    tasks: dict[str, np.ndarray]
+    """Task name -> prediction in user units (click probability, watch seconds)."""
+    gates: dict[str, Any] | None = None
+    """Gate summary (:meth:`GateSummary.to_json`) when the model form exposes gate weights."""
+
+
+class Predictor(Protocol):
+    label: str
+    spec: FeatureSpec
+    task_kinds: dict[str, str]
+    training_run_id: str | None
+
+    def predict(self, table: pa.Table) -> ModelPredictions: ...
+
+
+@dataclass
+class TorchPredictor:
+    """A torchrec model in eval mode; batches of ``batch_rows`` through the training batcher."""
+
+    label: str
+    spec: FeatureSpec
+    task_kinds: dict[str, str]
+    training_run_id: str | None
+    model: Any
+    collapse_threshold: float
+    batch_rows: int = 4_096  # torch eager is fastest near 4k rows (benchmarks/bench_onnx.py)
+    kind: str = field(default="torch")
+
+    @classmethod
+    def load(cls, path: str | Path, label: str | None = None) -> TorchPredictor:
+        """``path``: a model folder, or a ``.ckpt`` whose run folder holds ``model/``."""
+        import torch
+
+        from recsys_moe.training.artifacts import ModelLoadError, load_model
+
+        path = Path(path)
+        try:
+            if path.suffix == ".ckpt":
+                model, spec, meta = load_model(path.parent.parent / "model")
+                try:
+                    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+                    model.load_state_dict(state)
+                except (OSError, RuntimeError, KeyError, EOFError) as exc:
+                    raise ModelLoadError(f"{path}: cannot load the checkpoint's weights ({exc})") from exc
+            else:
+                model, spec, meta = load_model(path)
+        except ModelLoadError as exc:
+            raise PredictError(str(exc)) from exc
+        kinds = {t.name: ("binary" if t.prediction_name.startswith("probs_") else "watch_time") for t in model.tasks}
+        threshold = float(meta.get("model", {}).get("gate", {}).get("collapse_threshold", 0.05))
+        return cls(label or str(path), spec, kinds, meta.get("mlflow_run_id"), model.eval(), threshold)
+
+    def predict(self, table: pa.Table) -> ModelPredictions:
+        import torch
+
+        from recsys_moe.training.batches import ColumnarSplit, DataError
+        from recsys_moe.training.gate_diagnostics import GateAccumulator
+
+        try:
+            split = ColumnarSplit(self.spec, table, self.label, ())
+        except DataError as exc:
+            raise PredictError(str(exc)) from exc
+        names = {t.name: t.prediction_name for t in self.model.tasks}
+        outs: dict[str, list[np.ndarray]] = {t: [] for t in names}
+        gates = GateAccumulator()
+        with torch.inference_mode():
+            for start in range(0, split.num_rows, self.batch_rows):
+                idx = torch.arange(start, min(start + self.batch_rows, split.num_rows))
+                batch = split.batch(idx)
+                out = self.model(batch.sparse, batch.dense)
+                for t, key in names.items():
+                    outs[t].append(out[key].float().numpy())
+                if "gate_weights" in out:
+                    gates.update(out["gate_weights"])
+        summary = gates.summary(list(names), self.collapse_threshold)
+        return ModelPredictions({t: np.concatenate(v) for t, v in outs.items()}, summary.to_json() if summary else None)
+
+
+@dataclass
+class OnnxPredictor:
+    """An exported model on ONNX Runtime (CPU here, GPU providers when a GPU is visible)."""
+
+    label: str
+    spec: FeatureSpec
+    task_kinds: dict[str, str]
+    training_run_id: str | None
+    session: Any
+    outputs: dict[str, str]
+    batch_rows: int = 65_536
+    kind: str = field(default="onnx")
+
+    @classmethod
+    def load(cls, onnx_path: str | Path, spec_dir: str | Path, label: str | None = None, providers: str = "auto") -> OnnxPredictor:
+        from serving.session import make_session
+
+        session = make_session(onnx_path, providers)
+        spec = FeatureSpec.load(spec_dir)
+        outputs: dict[str, str] = {}
+        kinds: dict[str, str] = {}
+        for name in session.output_names:
+            for prefix, kind in (("probs_", "binary"), ("pred_", "watch_time")):
+                if name.startswith(prefix):
+                    outputs[name.removeprefix(prefix)] = name
+                    kinds[name.removeprefix(prefix)] = kind
+        meta = session.metadata()
+        return cls(label or str(onnx_path), spec, kinds, meta.get("trained_run_id") or None, session, outputs)
+
+    def predict(self, table: pa.Table) -> ModelPredictions:
+        from serving.inputs import onnx_inputs
+
+        names = list(self.outputs.values())
+        outs: dict[str, list[np.ndarray]] = {t: [] for t in self.outputs}
+        for start in range(0, table.num_rows, self.batch_rows):
+            feeds = onnx_inputs(table.slice(start, self.batch_rows), self.spec)
+            got = self.session.session.run(names, feeds)
+            for t, arr in zip(self.outputs, got, strict=True):
+                outs[t].append(np.asarray(arr, dtype=np.float64).reshape(-1))
+        return ModelPredictions({t: np.concatenate(v) for t, v in outs.items()})
