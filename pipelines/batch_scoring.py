@@ -80,10 +80,13 @@ def resolve_model(cfg: Config, model: str, cache: Path) -> tuple[Path, Path, str
     """``models:/name@alias``, ``models:/name/version`` or an ONNX file with ``feature_spec/``
     beside it -> (onnx path, spec dir, version label)."""
     if model.startswith("models:/"):
+        import os
+
         import mlflow
 
         from recsys_moe import tracking
 
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the job has its own progress
         mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
         try:
             local = Path(mlflow.artifacts.download_artifacts(model, dst_path=str(cache / "download")))
