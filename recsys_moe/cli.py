@@ -32,6 +32,8 @@ data_app = typer.Typer(help="Raw data: generate the synthetic feed, validate a s
 app.add_typer(data_app, name="data")
 features_app = typer.Typer(help="Feature pipeline: fit a FeatureSpec, transform raw logs to model-ready Parquet.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
+pipeline_app = typer.Typer(help="The scheduled pipeline: features -> train -> export -> evaluate -> score -> promote.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
 console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML under configs/.")]
@@ -345,6 +347,62 @@ def export_cmd(
         console.print(f"registered {result.registered_name} version {result.registered_version} (run {result.run_id})", highlight=False)
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    config: ConfigOpt = Path("configs/synthetic.yaml"),
+    overrides: SetOpt = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="A model folder, a .ckpt in a training run folder, an exported model.onnx, or models:/<name>@<alias>.")] = "",
+    compare: Annotated[list[str] | None, typer.Option("--compare", help="Another model to compare on the same rows (repeatable): deltas and bootstrap CIs.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="train, validation or test (default: evaluation.split).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Report folder (default: <work_dir>/evaluate/<split>).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data", help="Model-ready Parquet (default: <work_dir>/features/data).")] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Log metrics and reports to an MLflow run.")] = True,
+    providers: Annotated[str, typer.Option("--providers", help="ONNX Runtime providers: auto, tensorrt, cuda or cpu.")] = "auto",
+) -> None:
+    """Evaluate a model on a time-held-out split: metrics JSON, Markdown + HTML report, quality gates.
+
+    Exits 1 when a quality gate from the config's evaluation.gates fails (the failed gates are
+    listed), 2 on bad input.
+    """
+    from pipelines.evaluation import EvaluationError, evaluate
+    from recsys_moe.data.schema import RawDataError
+    from recsys_moe.evaluation.metrics import MetricError
+    from recsys_moe.evaluation.predict import PredictError
+    from recsys_moe.features import SpecError
+    from serving.session import ModelFileError
+
+    if not model:
+        fail("--model is required (see `recsys-moe evaluate --help`)")
+    if split is not None and split not in ("train", "validation", "test"):
+        fail(f"--split {split!r}: choose train, validation or test")
+    cfg = _load(config, overrides)
+    try:
+        with console.status("evaluating") as status:
+            result = evaluate(cfg, model, compare or [], split=split, output=output, data_dir=data_dir, track=track,
+                              providers=providers, on_step=lambda msg: status.update(f"evaluating: {msg}"))
+    except (EvaluationError, MetricError, PredictError, ModelFileError, SpecError, RawDataError, FileNotFoundError) as exc:
+        fail(str(exc))
+        raise
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    table = Table(title=f"{result.metrics['model']} on {result.metrics['split']} ({result.metrics['primary']['rows']:,} rows)")
+    table.add_column("metric")
+    table.add_column("value")
+    for key, value in result.headline.items():
+        if not key.endswith(("_users", "_pairs")):
+            table.add_row(key, f"{value:.4f}")
+    Console().print(table)
+    for comp in result.metrics["comparisons"]:
+        for key, ci in comp["ci"].items():
+            console.print(f"vs {comp['model']}: {key} delta {ci['delta']:+.4f}, {ci['level']:.0%} CI [{ci['low']:+.4f}, {ci['high']:+.4f}]", highlight=False)
+    console.print(f"report: {result.output / 'report.html'} (and report.md, metrics.json)"
+                  + (f"; MLflow run {result.run_id}" if result.run_id else ""), highlight=False)
+    if result.failed_gates:
+        for line in result.failed_gates:
+            console.print(f"[bold red]quality gate failed:[/] {line}", highlight=False)
+        raise typer.Exit(1)
+
+
 @app.command("score")
 def score_cmd(
     config: ConfigOpt = Path("configs/synthetic.yaml"),
@@ -397,6 +455,60 @@ def score_cmd(
         f"in {summary.seconds:.1f}s ({summary.rows / max(summary.seconds, 1e-9):,.0f} rows/s) on {summary.provider}; "
         f"model {summary.model_version}; history from {summary.state_source}", highlight=False,
     )
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    config: ConfigOpt = Path("configs/synthetic.yaml"),
+    overrides: SetOpt = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="YYYY-MM-DD: the test window ends on this day (default: split.test.end).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo finished steps instead of skipping them.")] = False,
+    step: Annotated[str | None, typer.Option("--step", help="Run only this step (its predecessors must be done): features_fit, features_transform, train, export, evaluate, score, promote.")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show the training progress bar (default: when stderr is a terminal).")] = None,
+) -> None:
+    """Run (or resume) the whole pipeline for one as-of date and promote the new model to
+    champion when it passes the quality gates and beats the current champion.
+
+    Exit status: 0 done (promoted or not), 1 a step failed (named; champion untouched),
+    2 bad input, 3 another run of this pipeline is in progress (nothing done).
+    """
+    import datetime as dt
+    import logging
+
+    from pipelines.run_state import PipelineBusy
+    from pipelines.training_pipeline import PipelineError, run_pipeline
+    from recsys_moe.tracking import tracking_uri
+
+    cfg = _load(config, overrides)
+    try:
+        day = dt.date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        fail(f"--as-of {as_of!r}: expected YYYY-MM-DD")
+        raise
+    logging.getLogger("pipelines").setLevel(logging.INFO)
+    try:
+        result = run_pipeline(cfg, day, force=force, only=step, progress=sys.stderr.isatty() if progress is None else progress,
+                              say=lambda msg: console.print(f"[bold]pipeline[/] {msg}", highlight=False))
+    except PipelineBusy as exc:
+        fail(str(exc), code=3)
+        raise
+    except PipelineError as exc:
+        fail(f"{exc}\n(champion alias unchanged; fix the cause and run the same command again to resume; "
+             f"step log: {cfg.pipeline.output_dir or cfg.experiment.work_dir / 'pipeline'})", code=1)
+        raise
+    console.print(f"run {result.key}: ran {result.ran or 'nothing (all steps already done)'}"
+                  + (f", skipped finished {result.skipped}" if result.skipped and result.ran else ""), highlight=False, soft_wrap=True)
+    if "promote" in result.steps and result.steps["promote"].get("status") == "done":
+        promoted = result.output("promote", "promoted")
+        console.print(
+            f"model version {result.output('export', 'version')}: {'PROMOTED to champion' if promoted else 'kept as challenger'} "
+            f"({result.output('promote', 'reason')}); champion is version {result.output('promote', 'champion')}\n"
+            f"report:  {result.output('evaluate', 'report')}\n"
+            f"scores:  {result.output('score', 'output', 'none')} ({result.output('score', 'rows', 0):,} rows, model version "
+            f"{result.output('score', 'version')})\n"
+            f"MLflow:  {tracking_uri(cfg)} (pipeline run {result.mlflow_run_id}); browse it with "
+            f"`mlflow ui --backend-store-uri {tracking_uri(cfg)}`\n"
+            f"steps:   {result.run_dir / 'steps.json'}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

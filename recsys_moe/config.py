@@ -324,6 +324,82 @@ class TrackingConfig(_Section):
     enabled: bool = True
 
 
+GATE_METRICS = {
+    "binary": ("auc", "gauc", "logloss", "ne", "calibration", "ece"),
+    "watch_time": ("rmse_log1p", "mae_log1p", "spearman", "xauc"),
+}
+
+
+class QualityGate(_Section):
+    """``metric`` is ``<task>/<metric>`` or ``ranking/ndcg_at_<k>``; give ``min``, ``max`` or both."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> QualityGate:
+        if self.min is None and self.max is None:
+            raise ValueError(f"quality gate {self.metric!r}: give min, max or both")
+        return self
+
+
+class EvaluationConfig(_Section):
+    """The offline evaluation job (``recsys-moe evaluate``)."""
+
+    split: Literal["train", "validation", "test"] = "test"
+    score_exponents: dict[str, float] = {"ctr": 1.0, "watch_time": 1.0}
+    """Combined ranking score ``prod_t prediction_t ** exponent_t`` (e.g. p_ctr * E[watch])."""
+    ndcg_k: list[PositiveInt] = [5, 10]
+    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 10
+    xauc_max_pairs: PositiveInt = 2_000_000
+    """Within-user pairs for XAUC: all of them up to this many, else this many sampled."""
+    bootstrap_samples: Annotated[int, Field(ge=10)] = 200
+    confidence: Probability = 0.95
+    user_activity_edges: list[PositiveInt] = [1, 10, 50, 200]
+    """Segment users by train-window impressions: [0, 1) is cold, then [1, 10), ... , >= 200."""
+    item_popularity_edges: list[PositiveInt] = [1, 10, 100, 1000]
+    gates: list[QualityGate] = []
+    fail_on_collapse: bool = False
+    """Treat an expert collapse (see model.gate.collapse_threshold) as a failed gate."""
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluationConfig:
+        for name in ("user_activity_edges", "item_popularity_edges"):
+            edges = getattr(self, name)
+            if edges != sorted(set(edges)):
+                raise ValueError(f"evaluation.{name}: edges must be strictly increasing, got {edges}")
+        return self
+
+
+LOWER_IS_BETTER = ("logloss", "ne", "ece", "rmse_log1p", "mae_log1p")
+
+
+class PromotionConfig(_Section):
+    """When a challenger replaces the champion: it passes every quality gate and beats the
+    champion on ``metric`` (measured on the same test rows) by more than ``margin``."""
+
+    metric: str = "ctr/auc"
+    margin: Annotated[float, Field(ge=0.0)] = 0.0
+    require_significant: bool = False
+    """Also require the bootstrap interval of the AUC delta to exclude 0 (AUC metrics only)."""
+
+    @property
+    def higher_is_better(self) -> bool:
+        return not self.metric.split("/")[-1].startswith(LOWER_IS_BETTER)
+
+
+class PipelineConfig(_Section):
+    """The scheduled pipeline (``recsys-moe pipeline run``)."""
+
+    promotion: PromotionConfig = PromotionConfig()
+    candidates: str | None = None
+    """Raw-shaped Parquet (file, directory or glob) the champion scores at the end of a run.
+    Null: the as-of day's impressions from the configured source."""
+    output_dir: Path | None = None
+    """Default: ``<work_dir>/pipeline``; each run writes ``<as-of>_<config hash>/`` below it."""
+
+
 class ExperimentConfig(_Section):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "synthetic"
     seed: int = 42
@@ -342,6 +418,8 @@ class Config(_Section):
     tasks: TasksConfig = TasksConfig()
     training: TrainingConfig = TrainingConfig()
     tracking: TrackingConfig = TrackingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -353,6 +431,17 @@ class Config(_Section):
             )
         if not any(f.kind != "numeric" for f in self.features.features) and self.features.features:
             raise ValueError("features: the model needs at least one id or id_list feature")
+        kinds = {t.name: t.kind for t in self.tasks.tasks}
+        unknown = sorted(set(self.evaluation.score_exponents) - set(kinds))
+        if unknown:
+            raise ValueError(f"evaluation.score_exponents: unknown tasks {unknown}; tasks are {sorted(kinds)}")
+        allowed = [f"{t}/{m}" for t, k in kinds.items() for m in GATE_METRICS[k]]
+        allowed += [f"ranking/ndcg_at_{k}" for k in self.evaluation.ndcg_k]
+        for gate in self.evaluation.gates:
+            if gate.metric not in allowed:
+                raise ValueError(f"evaluation.gates: unknown metric {gate.metric!r}; choose one of {allowed}")
+        if self.pipeline.promotion.metric not in allowed:
+            raise ValueError(f"pipeline.promotion.metric: unknown metric {self.pipeline.promotion.metric!r}; choose one of {allowed}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
