@@ -20,7 +20,8 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,33 +190,49 @@ def score(
 
         exprs = feature_exprs(spec)
         task_outputs = session.output_names
-        dataset = ds.dataset([str(f) for f in files], format="parquet")
-        for i, batch in enumerate(dataset.to_batches(batch_size=batch_rows, use_threads=False)):
-            name = f"part-{i:05d}.parquet"
-            if name in manifest["parts"] and (output / name).is_file():
-                summary.skipped_parts += 1
-                summary.rows += manifest["parts"][name]
-                if on_rows:
-                    on_rows(manifest["parts"][name])
-                continue
-            if batch.num_rows == 0:
-                continue
+
+        def prepare(batch: pa.RecordBatch) -> tuple[pl.DataFrame, dict]:
+            """Output keys and model inputs of one batch (runs on the prefetch thread)."""
             rows = pl.from_arrow(pa.Table.from_batches([batch]))
-            enriched = enrich_candidates(rows, raw, state)
-            feats = enriched.select(exprs).to_arrow()
-            preds = session.session.run(None, onnx_inputs(feats, spec))
-            keep = [c for c in ("impression_id", *KEY_COLUMNS) if c in rows.columns]
-            out = rows.select(keep).with_columns(
-                *[pl.Series(n, p) for n, p in zip(task_outputs, preds, strict=True)],
-                pl.lit(label).alias("model_version"),
-            )
-            _write_atomic(output / name, lambda tmp, out=out: out.write_parquet(tmp))
-            manifest["parts"][name] = out.height
-            _write_atomic(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
-            summary.parts += 1
-            summary.rows += out.height
-            if on_rows:
-                on_rows(out.height)
+            feats = enrich_candidates(rows, raw, state).select(exprs).to_arrow()
+            return rows.select([c for c in ("impression_id", *KEY_COLUMNS) if c in rows.columns]), onnx_inputs(feats, spec)
+
+        def unfinished() -> Iterator[tuple[str, pa.RecordBatch]]:
+            dataset = ds.dataset([str(f) for f in files], format="parquet")
+            for i, batch in enumerate(dataset.to_batches(batch_size=batch_rows, use_threads=False)):
+                name = f"part-{i:05d}.parquet"
+                if name in manifest["parts"] and (output / name).is_file():
+                    summary.skipped_parts += 1
+                    summary.rows += manifest["parts"][name]
+                    if on_rows:
+                        on_rows(manifest["parts"][name])
+                elif batch.num_rows:
+                    yield name, batch
+
+        # The next batch's features are computed on a second thread while ONNX Runtime scores this
+        # one (polars, numpy and ONNX Runtime release the GIL), so the two stages overlap; at most
+        # two batches are in memory.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="features") as pool:
+            batches = unfinished()
+            nxt = next(batches, None)
+            pending = pool.submit(prepare, nxt[1]) if nxt else None
+            while nxt is not None and pending is not None:
+                name = nxt[0]
+                keys, feeds = pending.result()
+                nxt = next(batches, None)
+                pending = pool.submit(prepare, nxt[1]) if nxt else None
+                preds = session.run(feeds)
+                out = keys.with_columns(
+                    *[pl.Series(n, p) for n, p in zip(task_outputs, preds, strict=True)],
+                    pl.lit(label).alias("model_version"),
+                )
+                _write_atomic(output / name, lambda tmp, out=out: out.write_parquet(tmp))
+                manifest["parts"][name] = out.height
+                _write_atomic(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+                summary.parts += 1
+                summary.rows += out.height
+                if on_rows:
+                    on_rows(out.height)
         if summary.rows == 0:
             raise ScoringError(f"{input_path}: the input has no rows")
         manifest["complete"] = True

@@ -146,7 +146,7 @@ class OnnxPredictor:
         outs: dict[str, list[np.ndarray]] = {t: [] for t in self.outputs}
         for start in range(0, table.num_rows, self.batch_rows):
             feeds = onnx_inputs(table.slice(start, self.batch_rows), self.spec)
-            got = self.session.session.run(names, feeds)
+            got = self.session.run(feeds, names)
             for t, arr in zip(self.outputs, got, strict=True):
                 outs[t].append(np.asarray(arr, dtype=np.float64).reshape(-1))
         return ModelPredictions({t: np.concatenate(v) for t, v in outs.items()})

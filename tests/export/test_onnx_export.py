@@ -112,6 +112,17 @@ def test_session_runs_on_cpu_here(exported):
     assert [o.shape for o in out] == [(3,)] * 3
 
 
+def test_chunked_run_equals_one_run(exported):
+    _, spec, cfg, path, _ = exported
+    s = make_session(path)
+    feeds = onnx_inputs(rows(cfg, "test").slice(0, 1000), spec)
+    whole = s.session.run(None, feeds)
+    chunked = s.run(feeds, chunk_rows=300)  # 4 chunks, the last one short
+    assert [c.shape for c in chunked] == [(1000,)] * 3
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_serving_and_scoring_job_import_without_torch():
     code = "import sys; sys.modules['torch'] = None; import serving.session, serving.inputs, recsys_moe.features, pipelines.batch_scoring; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
