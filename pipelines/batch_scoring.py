@@ -199,7 +199,10 @@ def score(
 
         def unfinished() -> Iterator[tuple[str, pa.RecordBatch]]:
             dataset = ds.dataset([str(f) for f in files], format="parquet")
-            for i, batch in enumerate(dataset.to_batches(batch_size=batch_rows, use_threads=False)):
+            # No read-ahead: by default Arrow decodes up to 4 files and 16 batches ahead, so memory
+            # would grow with the input's file sizes rather than with --batch-rows.
+            scan = dataset.to_batches(batch_size=batch_rows, use_threads=False, batch_readahead=1, fragment_readahead=1)
+            for i, batch in enumerate(scan):
                 name = f"part-{i:05d}.parquet"
                 if name in manifest["parts"] and (output / name).is_file():
                     summary.skipped_parts += 1
