@@ -31,6 +31,8 @@ bench: install
 	$(PY) benchmarks/bench_features.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_synthetic_quality.py
+	$(PY) benchmarks/bench_onnx.py
+	$(PY) benchmarks/bench_score.py
 	$(PY) benchmarks/bench_evaluate.py
 
 clean:

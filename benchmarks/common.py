@@ -26,15 +26,29 @@ def write_results(path: Path, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+# A child forked from this (often large) benchmark process inherits its resident-set high-water
+# mark: Linux keeps ru_maxrss across fork and exec, so a plain Popen + wait4 reports at least the
+# parent's RSS. A small launcher process in between is forked fresh, and its own child's figure is
+# the command's alone.
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[1:])\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "sys.stderr.write(f'\\nRECSYS_MAXRSS_KB={usage.ru_maxrss}\\n')\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def run_cli(*args: str) -> tuple[float, float]:
     """Run `recsys-moe ARGS` in a fresh process from the repo root; return (seconds, peak RSS MiB).
 
-    Peak RSS is that child's own maximum resident set (wait4; ru_maxrss is KiB on Linux)."""
-    cmd = [sys.executable, "-m", "recsys_moe.cli", *args]
+    Peak RSS is the command's own maximum resident set (ru_maxrss, KiB on Linux), measured through
+    a launcher so that the benchmark's own memory does not leak into it (see _LAUNCHER)."""
+    cmd = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "recsys_moe.cli", *args]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     secs = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"recsys-moe {' '.join(args)} failed:\n{proc.stderr.read().decode()}")
-    return secs, usage.ru_maxrss / 1024.0
+    if proc.returncode != 0:
+        raise SystemExit(f"recsys-moe {' '.join(args)} failed:\n{proc.stderr}")
+    kib = [line.split("=", 1)[1] for line in proc.stderr.splitlines() if line.startswith("RECSYS_MAXRSS_KB=")]
+    return secs, int(kib[-1]) / 1024.0

@@ -325,6 +325,7 @@ def export_cmd(
     rows: Annotated[Path | None, typer.Option("--rows", help="Model-ready Parquet for the parity check (default: the test split).")] = None,
     parity_rows: Annotated[int, typer.Option("--parity-rows", min=1, help="Rows compared between torch and ONNX Runtime.")] = 10_000,
     register: Annotated[bool, typer.Option("--register/--no-register", help="Log to MLflow and register a model version.")] = True,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx for GPU serving, parity-checked within 2e-3.")] = False,
 ) -> None:
     """Export a trained model to ONNX (twin without EmbeddingBag ops), check parity, register it."""
     from recsys_moe.export.job import run_export
@@ -337,11 +338,13 @@ def export_cmd(
     try:
         with console.status("exporting to ONNX and checking parity"):
             result = run_export(cfg, model_dir=model_dir, run_id=run_id, output=output, rows=rows,
-                                parity_rows=parity_rows, register=register)
+                                parity_rows=parity_rows, register=register, fp16=fp16)
     except (ExportError, ModelLoadError, FileNotFoundError) as exc:
         fail(str(exc))
         raise
     console.print(result.parity.summary(), highlight=False)
+    if result.fp16_parity is not None:
+        console.print(f"fp16 ({result.fp16_path}): {result.fp16_parity.summary()}", highlight=False)
     console.print(f"ONNX model: {result.onnx_path}\nFeatureSpec: {result.spec_dir}", highlight=False)
     if result.registered_version:
         console.print(f"registered {result.registered_name} version {result.registered_version} (run {result.run_id})", highlight=False)

@@ -3,6 +3,7 @@
 Output folder (default ``<work_dir>/export/<model.kind>``)::
 
     model.onnx      the twin, with metadata (FeatureSpec hash, model version, outputs, opset)
+    model.fp16.onnx with --fp16: a float16 copy for GPU serving, parity-checked within 2e-3
     feature_spec/   the FeatureSpec the model expects (the scoring job refuses any other)
     parity.json     the parity report
 
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from recsys_moe import tracking
 from recsys_moe.atomic import replacing
 from recsys_moe.config import Config
-from recsys_moe.export.onnx_export import ParityReport, export_onnx
+from recsys_moe.export.onnx_export import ParityReport, export_fp16, export_onnx
 from recsys_moe.features.spec import flat_spec_files
 from recsys_moe.training.artifacts import load_model
 
@@ -39,6 +40,8 @@ class ExportResult:
     registered_name: str | None = None
     registered_version: str | None = None
     run_id: str | None = None
+    fp16_path: Path | None = None
+    fp16_parity: ParityReport | None = None
 
 
 def read_rows(path: str | Path, limit: int) -> pa.Table:
@@ -66,7 +69,7 @@ def download_model_dir(cfg: Config, run_id: str, dest: Path) -> Path:
 
 
 def run_export(cfg: Config, model_dir: str | Path | None = None, run_id: str | None = None, output: str | Path | None = None,
-               rows: str | Path | None = None, parity_rows: int = 10_000, register: bool = True) -> ExportResult:
+               rows: str | Path | None = None, parity_rows: int = 10_000, register: bool = True, fp16: bool = False) -> ExportResult:
     out = Path(output or cfg.experiment.work_dir / "export" / cfg.model.kind)
     with tempfile.TemporaryDirectory() as tmp_name:
         if run_id is not None:
@@ -81,7 +84,12 @@ def run_export(cfg: Config, model_dir: str | Path | None = None, run_id: str | N
             _, report = export_onnx(model, spec, tmp_out / "model.onnx", table, metadata=version_hint)
             spec.save(tmp_out / "feature_spec")
             (tmp_out / "parity.json").write_text(json.dumps(report.__dict__, indent=2))
-    result = ExportResult(out / "model.onnx", out / "feature_spec", report, spec_hash=spec.content_hash, run_id=run_id)
+            report16 = None
+            if fp16:
+                _, report16 = export_fp16(model, spec, tmp_out / "model.onnx", tmp_out / "model.fp16.onnx", table)
+                (tmp_out / "parity_fp16.json").write_text(json.dumps(report16.__dict__, indent=2))
+    result = ExportResult(out / "model.onnx", out / "feature_spec", report, spec_hash=spec.content_hash, run_id=run_id,
+                          fp16_path=out / "model.fp16.onnx" if fp16 else None, fp16_parity=report16)
     if register and cfg.tracking.enabled:
         _register(cfg, result)
     return result

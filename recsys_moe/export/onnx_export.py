@@ -136,3 +136,28 @@ def export_onnx(
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+FP16_TOLERANCE = 2e-3
+
+
+def export_fp16(model: MultiTaskModel, spec: FeatureSpec, fp32_path: str | Path, path: str | Path, parity_rows: pa.Table,
+                tolerance: float = FP16_TOLERANCE) -> tuple[Path, ParityReport]:
+    """A float16 copy of an exported fp32 graph for GPU serving (inputs and outputs stay int64 /
+    float32), accepted only when ONNX Runtime on it agrees with the fp32 torchrec model within
+    ``tolerance``: absolute on probabilities, relative on seconds and scores. The check runs on the
+    provider serving would use (CUDA on a GPU machine, else CPU, where fp16 is slower)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from serving.session import choose_providers
+
+    path = Path(path)
+    with replacing(path) as tmp:
+        fp16 = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+        meta = {p.key: p.value for p in fp16.metadata_props}
+        onnx.save(fp16, str(tmp))
+        _set_metadata(tmp, {**meta, "precision": "fp16"})
+        report = check_parity(model, spec, tmp, parity_rows, atol=tolerance, rtol=tolerance, providers=choose_providers("auto"))
+        if not report.passed:
+            raise ExportError(f"fp16 {report.summary()}; worst rows: {report.worst_rows}")
+    return path, report

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -13,6 +14,7 @@ from recsys_moe.config import ModelConfig, TasksConfig
 from recsys_moe.export.onnx_export import (
     ExportError,
     check_parity,
+    export_fp16,
     export_onnx,
     forbidden_ops,
     graph_ops,
@@ -127,3 +129,31 @@ def test_serving_and_scoring_job_import_without_torch():
     code = "import sys; sys.modules['torch'] = None; import serving.session, serving.inputs, recsys_moe.features, pipelines.batch_scoring; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.fixture(scope="module")
+def dense_exported(small_features, tmp_path_factory):
+    """A dense-gate MMoE: sparse top-k gates can route a row to other experts once fp16 rounding
+    reorders near-tied gate logits, which the fp16 parity gate then (rightly) refuses."""
+    cfg, spec = small_features
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="mmoe"), ZILN, spec).eval()
+    path, _ = export_onnx(model, spec, tmp_path_factory.mktemp("dense") / "model.onnx", rows(cfg, "validation"))
+    return model, spec, cfg, path
+
+
+def test_fp16_copy_is_half_precision_and_within_tolerance(dense_exported, tmp_path):
+    model, spec, cfg, path = dense_exported
+    out, report = export_fp16(model, spec, path, tmp_path / "model.fp16.onnx", rows(cfg, "validation"))
+    graph = onnx.load(str(out)).graph
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer)
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [i.type.tensor_type.elem_type for i in onnx.load(str(path)).graph.input]
+    assert read_metadata(out)["precision"] == "fp16" and read_metadata(out)["spec_hash"] == spec.content_hash
+    assert report.passed and 0 < report.max_abs_diff["probs_ctr"] <= 2e-3  # really rounded, and close
+
+
+def test_fp16_copy_outside_tolerance_is_refused_and_not_written(dense_exported, tmp_path):
+    model, spec, cfg, path = dense_exported
+    with pytest.raises(ExportError, match="fp16 parity"):
+        export_fp16(model, spec, path, tmp_path / "model.fp16.onnx", rows(cfg, "validation"), tolerance=1e-9)
+    assert list(tmp_path.iterdir()) == []
