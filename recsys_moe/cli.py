@@ -479,9 +479,11 @@ def pipeline_run(
     import logging
 
     from pipelines.run_state import PipelineBusy
-    from pipelines.training_pipeline import PipelineError, run_pipeline
+    from pipelines.training_pipeline import STEPS, PipelineError, run_pipeline
     from recsys_moe.tracking import tracking_uri
 
+    if step is not None and step not in STEPS:
+        fail(f"--step {step!r}: choose one of {', '.join(STEPS)}")
     cfg = _load(config, overrides)
     try:
         day = dt.date.fromisoformat(as_of) if as_of else None
