@@ -11,12 +11,13 @@ Output folder (default ``<work_dir>/evaluate/<split>``), replaced atomically::
 
 A model trained with another FeatureSpec than the transformed data (a champion from an earlier
 day) is evaluated on the same raw rows transformed with its own spec by the training transform,
-cached under ``<work_dir>/evaluate/features/<spec hash>``.
+cached under ``<work_dir>/evaluate/features/<spec hash>-<split windows hash>``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import tempfile
@@ -85,12 +86,18 @@ def _manifest_hash(data_dir: Path) -> str | None:
         return None
 
 
+def features_cache_dir(cfg: Config, spec: FeatureSpec) -> Path:
+    """Where rows transformed with ``spec`` for this config's split windows are kept."""
+    windows = hashlib.sha256(json.dumps(cfg.split.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:8]
+    return cfg.experiment.work_dir / "evaluate" / "features" / f"{spec.content_hash}-{windows}"
+
+
 def features_for(cfg: Config, spec: FeatureSpec, data_dir: Path, notes: list[str]) -> Path:
     """Model-ready rows transformed with ``spec``: ``data_dir`` when it was, else a cached
     transform of the configured raw data with that spec (made on first use)."""
     if _manifest_hash(data_dir) == spec.content_hash:
         return data_dir
-    cached = cfg.experiment.work_dir / "evaluate" / "features" / spec.content_hash
+    cached = features_cache_dir(cfg, spec)
     if _manifest_hash(cached) != spec.content_hash:
         from recsys_moe.data.raw import load_raw
         from recsys_moe.features import transform

@@ -133,7 +133,7 @@ class _Run:
             return {"onnx": str(out / "model.onnx"), "version": version, "name": self.name}
         result = run_export(self.cfg, model_dir=model_dir, output=out, register=True)
         return {"onnx": str(result.onnx_path), "version": result.registered_version, "name": self.name,
-                "parity_max_abs_diff": result.parity.__dict__.get("max_abs_diff")}
+                "parity_max_abs_diff": result.parity.max_abs_diff}
 
     def evaluate(self) -> dict[str, Any]:
         from pipelines.evaluation import evaluate

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from pipelines.evaluation import EvaluationError, evaluate
+from pipelines.evaluation import EvaluationError, evaluate, features_cache_dir
 from recsys_moe.cli import app
 from recsys_moe.data.raw import read_synthetic
 from recsys_moe.export.job import run_export
@@ -97,7 +97,7 @@ def test_model_with_another_spec_is_scored_on_the_same_rows(trained, tmp_path):
     assert any(other_spec.content_hash in n for n in out.notes)
     comp = out.metrics["comparisons"][0]
     assert comp["ci"]["ctr/auc"]["delta"] == pytest.approx(out.headline["ctr/auc"] - comp["metrics"]["tasks"]["ctr"]["auc"])
-    cached = cfg.experiment.work_dir / "evaluate" / "features" / other_spec.content_hash
+    cached = features_cache_dir(cfg, other_spec)
     assert json.loads((cached / "MANIFEST.json").read_text())["spec_hash"] == other_spec.content_hash
 
 
