@@ -58,11 +58,17 @@ def choose_providers(requested: str = "auto") -> list[str]:
     return [*gpu, CPU]
 
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
 @dataclass
 class Session:
     session: ort.InferenceSession
     provider: str
     path: Path
+    io_binding: bool = False
+    """Run through an IOBinding: inputs copied to the provider's device once, outputs bound to host
+    memory. On by default on GPU providers (see :func:`make_session`)."""
 
     @property
     def input_names(self) -> list[str]:
@@ -81,12 +87,24 @@ class Session:
         measured with the synthetic MMoE on 2 cores)."""
         rows = next(iter(feeds.values())).shape[0]
         if rows <= chunk_rows:
-            return self.session.run(names, feeds)
-        parts = [self.session.run(names, {k: v[i: i + chunk_rows] for k, v in feeds.items()}) for i in range(0, rows, chunk_rows)]
+            return self._run(feeds, names)
+        parts = [self._run({k: v[i: i + chunk_rows] for k, v in feeds.items()}, names) for i in range(0, rows, chunk_rows)]
         return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
+    def _run(self, feeds: dict[str, np.ndarray], names: list[str] | None) -> list[np.ndarray]:
+        if not self.io_binding:
+            return self.session.run(names, feeds)
+        device = "cuda" if self.provider in GPU_PROVIDERS else "cpu"
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0))
+        for name in names or self.output_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
-def make_session(path: str | Path, providers: str = "auto", threads: int | None = None) -> Session:
+
+def make_session(path: str | Path, providers: str = "auto", threads: int | None = None, io_binding: bool | None = None) -> Session:
     """Open ``path``. On CPU, intra-op threads default to the machine's cores and inter-op to 1
     (one batch at a time); graph optimisation is at its highest level."""
     path = Path(path)
@@ -105,4 +123,4 @@ def make_session(path: str | Path, providers: str = "auto", threads: int | None 
         raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
     running = session.get_providers()[0]
     log.info("ONNX Runtime runs %s on %s (asked for %s)", path.name, running, chosen)
-    return Session(session, running, path)
+    return Session(session, running, path, running in GPU_PROVIDERS if io_binding is None else io_binding)

@@ -125,6 +125,19 @@ def test_chunked_run_equals_one_run(exported):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_io_binding_path_gives_the_same_outputs(exported):
+    """The GPU path binds inputs on the provider's device; here the device is the CPU (no GPU on
+    this machine), which runs the same binding code."""
+    _, spec, cfg, path, _ = exported
+    plain, bound = make_session(path, io_binding=False), make_session(path, io_binding=True)
+    assert not plain.io_binding and bound.io_binding
+    feeds = onnx_inputs(rows(cfg, "test").slice(0, 500), spec)
+    for a, b in zip(plain.run(feeds), bound.run(feeds, chunk_rows=128), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    only = bound.run(feeds, names=["score"])
+    assert len(only) == 1 and only[0].shape == (500,)
+
+
 def test_serving_and_scoring_job_import_without_torch():
     code = "import sys; sys.modules['torch'] = None; import serving.session, serving.inputs, recsys_moe.features, pipelines.batch_scoring; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
