@@ -290,10 +290,7 @@ def _track(cfg: Config, out: Path, split: str, result: dict[str, Any], flat: dic
     from recsys_moe import tracking
 
     c = tracking.client(cfg)
-    name = tracking.experiment_name(cfg)
-    exp = c.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp is not None else c.create_experiment(name)
-    run = c.create_run(exp_id, run_name=f"evaluate-{split}", tags={
+    run = c.create_run(tracking.experiment_id(cfg), run_name=f"evaluate-{split}", tags={
         "job": "evaluate", "model": result["model"], "split": split, "feature_spec_hash": result["spec_hash"],
         "training_run_id": result.get("training_run_id") or "", "git_commit": tracking.git_commit(),
         "quality_gates": "failed" if result["quality_gates"]["failed"] else "passed",

@@ -68,15 +68,19 @@ def git_commit(root: str | Path = ".") -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+def experiment_id(cfg: Config) -> str:
+    """The id of the configured experiment, created on first use."""
+    c = client(cfg)
+    exp = c.get_experiment_by_name(experiment_name(cfg))
+    return exp.experiment_id if exp is not None else c.create_experiment(experiment_name(cfg))
+
+
 def start_run(cfg: Config, tags: dict[str, str], run_name: str | None = None) -> str:
     """Create a run in the experiment (created if needed), log the config as params; return its id."""
     from mlflow.entities import Param, RunTag
 
     c = client(cfg)
-    name = experiment_name(cfg)
-    exp = c.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp is not None else c.create_experiment(name)
-    run = c.create_run(exp_id, run_name=run_name, tags=tags)
+    run = c.create_run(experiment_id(cfg), run_name=run_name, tags=tags)
     params = [Param(k, v) for k, v in flat_params(cfg).items()]
     for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         c.log_batch(run.info.run_id, params=params[i: i + 100])

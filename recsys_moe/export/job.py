@@ -104,9 +104,7 @@ def _register(cfg: Config, result: ExportResult) -> None:
     spec_files = [str(f) for f in flat_spec_files(result.spec_dir)]
     client = tracking.client(cfg)
     if result.run_id is None:
-        exp = client.get_experiment_by_name(tracking.experiment_name(cfg))
-        exp_id = exp.experiment_id if exp else client.create_experiment(tracking.experiment_name(cfg))
-        result.run_id = client.create_run(exp_id, run_name=f"{cfg.experiment.name}-export").info.run_id
+        result.run_id = client.create_run(tracking.experiment_id(cfg), run_name=f"{cfg.experiment.name}-export").info.run_id
     with mlflow.start_run(run_id=result.run_id):  # reopens the training run; ends FINISHED
         info = mlflow.onnx.log_model(
             onnx.load(str(result.onnx_path)), name="onnx", registered_model_name=name, extra_files=spec_files,
