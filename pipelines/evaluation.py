@@ -124,10 +124,8 @@ def _column(table: pa.Table, name: str, dtype: Any) -> np.ndarray:
     return np.asarray(table.column(name).combine_chunks(), dtype=dtype)
 
 
-def _train_counts(data_dir: Path, keys: np.ndarray, column: str) -> np.ndarray:
-    """Train-window impressions of each key (0 for keys never seen there)."""
-    seen = np.concatenate([_column(pq.read_table(f, columns=[column]), column, np.int64)
-                           for f in sorted((data_dir / "train").glob("*.parquet"))] or [np.zeros(0, np.int64)])
+def _counts_of(seen: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """How often each of ``keys`` occurs in ``seen`` (0 for keys never seen)."""
     uniq, counts = np.unique(seen, return_counts=True)
     if uniq.size == 0:
         return np.zeros(keys.size, dtype=np.int64)
@@ -136,11 +134,16 @@ def _train_counts(data_dir: Path, keys: np.ndarray, column: str) -> np.ndarray:
 
 
 def _rows(table: pa.Table, data_dir: Path) -> EvalRows:
+    """Keys and labels of ``table``, with each user's and item's train-window impressions (one
+    read of the train split's two key columns)."""
     user, item = _column(table, "raw_user_id", np.int64), _column(table, "raw_item_id", np.int64)
+    files = sorted((data_dir / "train").glob("*.parquet"))
+    train = pa.concat_tables(pq.read_table(f, columns=["raw_user_id", "raw_item_id"]) for f in files) if files else None
+    seen = {c: _column(train, c, np.int64) if train is not None else np.zeros(0, np.int64) for c in ("raw_user_id", "raw_item_id")}
     return EvalRows(
         impression_id=_column(table, "impression_id", np.int64), user=user, item=item,
         click=_column(table, "click", np.float64), watch_time_s=_column(table, "watch_time_s", np.float64),
-        user_train_count=_train_counts(data_dir, user, "raw_user_id"), item_train_count=_train_counts(data_dir, item, "raw_item_id"),
+        user_train_count=_counts_of(seen["raw_user_id"], user), item_train_count=_counts_of(seen["raw_item_id"], item),
     )
 
 
