@@ -58,8 +58,7 @@ def watch_time(curves: dict[str, dict[str, Any]], path: Path, title: str) -> Pat
 def gate_heatmap(gates: dict[str, Any], path: Path, title: str) -> Path:
     from recsys_moe.training.gate_diagnostics import GateSummary
 
-    summary = GateSummary(list(gates["tasks"]), np.asarray(gates["mean_weights"]), np.asarray(gates["entropy"]), float(gates["threshold"]))
-    return summary.heatmap(path, title)
+    return GateSummary.from_json(gates).heatmap(path, title)
 
 
 def _save(fig, plt, path: Path) -> Path:

@@ -87,6 +87,11 @@ class GateSummary:
             "threshold": self.threshold,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> GateSummary:
+        """The inverse of :meth:`to_json` (the derived fields are recomputed)."""
+        return cls(list(data["tasks"]), np.asarray(data["mean_weights"]), np.asarray(data["entropy"]), float(data["threshold"]))
+
     def heatmap(self, path: str | Path, title: str = "mean gate weight") -> Path:
         """Save a task x expert heatmap PNG (matplotlib, headless)."""
         import matplotlib

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys_moe.training.gate_diagnostics import GateAccumulator
+from recsys_moe.training.gate_diagnostics import GateAccumulator, GateSummary
 
 
 def test_summary_means_entropy_and_collapse(tmp_path, caplog):
@@ -25,6 +25,9 @@ def test_summary_means_entropy_and_collapse(tmp_path, caplog):
     assert m["val/gate_ctr_expert1"] == pytest.approx(0.5) and m["val/collapsed_experts"] == 1.0
     png = s.heatmap(tmp_path / "gates.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    back = GateSummary.from_json(s.to_json())
+    np.testing.assert_allclose(back.mean_weights, s.mean_weights, atol=1e-6)
+    assert back.task_names == s.task_names and back.collapsed_experts == [2] and back.threshold == 0.05
 
 
 def test_no_collapse_when_every_expert_serves_some_task():
