@@ -239,12 +239,13 @@ def run_pipeline(cfg: Config, as_of: dt.date | None = None, force: bool = False,
                 try:
                     outputs = getattr(run, step)()
                 except Exception as exc:
-                    steps.set(step, status="failed", seconds=time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
-                    _log_step(run_cfg, result.mlflow_run_id, step, "failed", time.perf_counter() - start)
+                    seconds = time.perf_counter() - start
+                    steps.set(step, status="failed", seconds=seconds, error=f"{type(exc).__name__}: {exc}")
+                    _log_step(run.client, result.mlflow_run_id, step, "failed", seconds)
                     raise PipelineError(step, f"{type(exc).__name__}: {exc}") from exc
                 seconds = time.perf_counter() - start
                 steps.set(step, status="done", seconds=seconds, finished=now(), outputs=outputs)
-                _log_step(run_cfg, result.mlflow_run_id, step, "done", seconds)
+                _log_step(run.client, result.mlflow_run_id, step, "done", seconds)
                 say(f"{step}: done in {seconds:.1f}s")
                 result.ran.append(step)
         finally:
@@ -252,9 +253,9 @@ def run_pipeline(cfg: Config, as_of: dt.date | None = None, force: bool = False,
             failed = any(s.get("status") == "failed" for s in steps.steps.values())
             finished = all(steps.done(s) for s in STEPS)
             if failed or finished:
-                tracking.client(run_cfg).set_terminated(result.mlflow_run_id, "FAILED" if failed else "FINISHED")
+                run.client.set_terminated(result.mlflow_run_id, "FAILED" if failed else "FINISHED")
         if steps.done("promote"):
-            _summarise(run_cfg, result)
+            _summarise(run.client, result)
     return result
 
 
@@ -264,14 +265,12 @@ def _start_mlflow_run(cfg: Config, key: str, as_of: dt.date) -> str:
                               run_name=f"pipeline-{as_of.isoformat()}")
 
 
-def _log_step(cfg: Config, run_id: str, step: str, status: str, seconds: float) -> None:
-    c = tracking.client(cfg)
+def _log_step(c: Any, run_id: str, step: str, status: str, seconds: float) -> None:
     c.set_tag(run_id, f"step.{step}.status", status)
     c.log_metric(run_id, f"step.{step}.seconds", seconds)
 
 
-def _summarise(cfg: Config, result: PipelineResult) -> None:
-    c = tracking.client(cfg)
+def _summarise(c: Any, result: PipelineResult) -> None:
     ev, promo = result.output("evaluate", "reason"), result.output("promote", "champion")
     c.set_tag(result.mlflow_run_id, "decision", f"{'promoted' if result.output('promote', 'promoted') else 'kept champion'}: {ev}")
     c.set_tag(result.mlflow_run_id, "model_version", str(result.output("export", "version")))
