@@ -74,7 +74,7 @@ def load_predictor(cfg: Config, model: str, cache: Path, providers: str = "auto"
         except ScoringError as exc:
             raise EvaluationError(str(exc)) from exc
         return OnnxPredictor.load(onnx_path, spec_dir, label, providers)
-    if path.suffix == ".ckpt" and path.is_file() or (path / "model.json").is_file():
+    if (path.suffix == ".ckpt" and path.is_file()) or (path / "model.json").is_file():
         return TorchPredictor.load(path)
     raise EvaluationError(f"{model}: not a model folder, .ckpt, .onnx file or models:/ URI")
 
@@ -239,7 +239,7 @@ def evaluate(cfg: Config, model: str, compare: Sequence[str] = (), split: str | 
         del table
         step("computing metrics")
         result: dict[str, Any] = {
-            "model": primary.label, "model_form": getattr(primary, "kind", "?"), "split": split,
+            "model": primary.label, "model_form": primary.kind, "split": split,
             "window": [str(d) for d in (cfg.split.windows()[split].start, cfg.split.windows()[split].end)],
             "spec_hash": primary.spec.content_hash, "training_run_id": primary.training_run_id,
             "task_kinds": primary.task_kinds,

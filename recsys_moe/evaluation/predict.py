@@ -39,6 +39,8 @@ class ModelPredictions:
 
 class Predictor(Protocol):
     label: str
+    kind: str
+    """``torch`` or ``onnx``."""
     spec: FeatureSpec
     task_kinds: dict[str, str]
     training_run_id: str | None
