@@ -34,11 +34,16 @@ from recsys_moe.atomic import replacing
 from recsys_moe.config import Config
 from recsys_moe.data.raw import RawTables, load_raw
 from recsys_moe.data.schema import validate_items, validate_users
-from recsys_moe.features.enrich import check_join_columns, enrich_candidates, initial_state
+from recsys_moe.features.enrich import (
+    CategoryOf,
+    check_join_columns,
+    enrich_candidates,
+    initial_state,
+)
 from recsys_moe.features.fit import check_sources
 from recsys_moe.features.pointintime import HistoryState
 from recsys_moe.features.spec import FeatureSpec, restore_spec_dir
-from recsys_moe.features.transform import feature_exprs
+from recsys_moe.features.transform import FeatureMapper
 from serving.inputs import onnx_inputs
 from serving.session import make_session
 
@@ -188,13 +193,14 @@ def score(
             shutil.rmtree(output)
         output.mkdir(parents=True, exist_ok=True)
 
-        exprs = feature_exprs(spec)
+        mapper = FeatureMapper(spec)
+        category = CategoryOf(raw.items) if "category" in raw.items.columns else None
         task_outputs = session.output_names
 
         def prepare(batch: pa.RecordBatch) -> tuple[pl.DataFrame, dict]:
             """Output keys and model inputs of one batch (runs on the prefetch thread)."""
             rows = pl.from_arrow(pa.Table.from_batches([batch]))
-            feats = enrich_candidates(rows, raw, state).select(exprs).to_arrow()
+            feats = mapper.features(enrich_candidates(rows, raw, state, category))[0].to_arrow()
             return rows.select([c for c in ("impression_id", *KEY_COLUMNS) if c in rows.columns]), onnx_inputs(feats, spec)
 
         def unfinished() -> Iterator[tuple[str, pa.RecordBatch]]:

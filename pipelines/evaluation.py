@@ -103,7 +103,7 @@ def features_for(cfg: Config, spec: FeatureSpec, data_dir: Path, notes: list[str
         from recsys_moe.features import transform
 
         notes.append(f"FeatureSpec {spec.content_hash} differs from {data_dir}'s; transformed the raw log with it into {cached}")
-        transform(load_raw(cfg.data), spec, cfg.split, cached, overwrite=True)
+        transform(load_raw(cfg.data), spec, cfg.split, cached, overwrite=True, chunk_rows=cfg.features.chunk_rows)
     return cached
 
 

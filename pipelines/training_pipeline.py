@@ -104,7 +104,10 @@ class _Run:
         from recsys_moe.features import FeatureSpec, transform
 
         spec = FeatureSpec.load(self.run_dir / "features" / "spec")
-        summary = transform(self._raw(), spec, self.cfg.split, self.run_dir / "features" / "data", overwrite=True)
+        summary = transform(
+            self._raw(), spec, self.cfg.split, self.run_dir / "features" / "data", overwrite=True,
+            chunk_rows=self.cfg.features.chunk_rows,
+        )
         return {"rows_in": summary.rows_in, "rows_out": summary.rows_out}
 
     def train(self) -> dict[str, Any]:

@@ -246,11 +246,14 @@ def features_transform(
     try:
         spec = FeatureSpec.load(spec_dir or default_spec)
         spec.check_matches(cfg.features, where=f"config {config}")
-        raw = load_raw(cfg.data)
+        raw = load_raw(cfg.data, unique_ids=False)  # ids are checked day by day: memory stays flat
         last = cfg.split.test.end
         n_days = sum(1 for d in days_in_log(raw) if d <= last)
         with progress_bar() as bar:
-            summary = transform(raw, spec, cfg.split, out, on_day=_day_progress(bar, n_days, "transforming"), overwrite=overwrite)
+            summary = transform(
+                raw, spec, cfg.split, out, on_day=_day_progress(bar, n_days, "transforming"), overwrite=overwrite,
+                chunk_rows=cfg.features.chunk_rows,
+            )
     except (RawDataError, FeatureError, SpecError, FileNotFoundError, FileExistsError) as exc:
         fail(str(exc))
         raise

@@ -26,11 +26,14 @@ class RawTables:
     oracle: pl.LazyFrame | None = None
     files: dict[str, str] = field(default_factory=dict)
 
-    def validate(self) -> None:
-        """Validate every table; raises :class:`~recsys_moe.data.schema.RawDataError`."""
+    def validate(self, unique_ids: bool = True) -> None:
+        """Validate every table; raises :class:`~recsys_moe.data.schema.RawDataError`.
+
+        ``unique_ids=False`` leaves out the whole-log ``impression_id`` duplicate check, whose
+        memory grows with the log; jobs that replay the log day by day check each day instead."""
         validate_users(self.users, self.files.get("users", "users"))
         validate_items(self.items, self.files.get("items", "items"))
-        validate_impressions(self.impressions, self.files.get("impressions", "impressions"))
+        validate_impressions(self.impressions, self.files.get("impressions", "impressions"), unique_ids)
 
 
 def read_synthetic(raw_dir: Path) -> RawTables:
@@ -58,8 +61,9 @@ def read_synthetic(raw_dir: Path) -> RawTables:
     )
 
 
-def load_raw(cfg: DataConfig, validate: bool = True) -> RawTables:
-    """Read the configured source's raw tables, validated unless ``validate=False``."""
+def load_raw(cfg: DataConfig, validate: bool = True, unique_ids: bool = True) -> RawTables:
+    """Read the configured source's raw tables, validated unless ``validate=False`` (see
+    :meth:`RawTables.validate` for ``unique_ids``)."""
     if cfg.source == "synthetic":
         tables = read_synthetic(cfg.raw_dir)
     else:
@@ -67,5 +71,5 @@ def load_raw(cfg: DataConfig, validate: bool = True) -> RawTables:
 
         tables = read_kuairand(cfg.kuairand.path)
     if validate:
-        tables.validate()
+        tables.validate(unique_ids)
     return tables

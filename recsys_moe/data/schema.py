@@ -90,8 +90,12 @@ def _count_bad(frame: pl.LazyFrame, checks: dict[str, pl.Expr]) -> dict[str, int
     return {k: int(v or 0) for k, v in row.items()}
 
 
-def validate_impressions(frame: pl.LazyFrame | pl.DataFrame, file: str) -> None:
-    """Check columns, types, ids, labels and watch time of an impressions table (one scan)."""
+def validate_impressions(frame: pl.LazyFrame | pl.DataFrame, file: str, unique_ids: bool = True) -> None:
+    """Check columns, types, ids, labels and watch time of an impressions table (one scan).
+
+    ``unique_ids=False`` skips the ``impression_id`` duplicate check, the one check whose memory
+    grows with the table (a hash of every id); the replay then checks ids day by day instead
+    (:func:`check_unique_ids`)."""
     lf = frame.lazy()
     schema = lf.collect_schema()
     check_columns(schema, IMPRESSIONS, file)
@@ -106,12 +110,20 @@ def validate_impressions(frame: pl.LazyFrame | pl.DataFrame, file: str) -> None:
     }
     if "position" in schema:
         checks["position:negative position"] = pl.col("position") < 0
-    if "impression_id" in schema:
+    if "impression_id" in schema and unique_ids:
         checks["impression_id:duplicate impression_id"] = pl.col("impression_id").is_duplicated()
     for key, count in _count_bad(lf, checks).items():
         if count:
             column, problem = key.split(":", 1)
             raise RawDataError(file, column, problem, count)
+
+
+def check_unique_ids(rows: pl.DataFrame, file: str) -> None:
+    """Refuse a batch of impressions that repeats an ``impression_id``."""
+    if "impression_id" in rows.columns:
+        dup = int(rows["impression_id"].is_duplicated().sum())
+        if dup:
+            raise RawDataError(file, "impression_id", "duplicate impression_id", dup)
 
 
 def _validate_entity(frame: pl.DataFrame | pl.LazyFrame, columns: tuple[Column, ...], key: str, file: str) -> None:

@@ -10,7 +10,9 @@ import numpy as np
 import polars as pl
 
 from recsys_moe.data.raw import RawTables
-from recsys_moe.data.schema import RawDataError
+from recsys_moe.data.schema import RawDataError, check_unique_ids
+from recsys_moe.features.keyindex import KeyIndex
+from recsys_moe.features.lookup import list_parts, list_series
 from recsys_moe.features.pointintime import (
     POINT_IN_TIME_COLUMNS,
     HistoryState,
@@ -61,16 +63,36 @@ def _day_bounds(dtype: pl.Datetime, day: dt.date) -> tuple[pl.Expr, pl.Expr]:
 
 class Replay:
     """Replays a log day by day, carrying the point-in-time state; ``state`` is the state after
-    the last day yielded (what a later job continues from)."""
+    the last day yielded (what a later job continues from). The state passed in is advanced in
+    place: copy it first (:meth:`HistoryState.load` of a saved one) to keep the original."""
 
     def __init__(self, raw: RawTables, state: HistoryState, chunk_rows: int = 200_000):
         self.raw, self.state, self.chunk_rows = raw, state, chunk_rows
 
     def days(self, last_day: dt.date | None = None) -> Iterator[tuple[dt.date, pl.DataFrame]]:
         """Yield (day, enriched rows) up to ``last_day``; rows keep their time order."""
-        for day, chunk, after in _enriched_days(self.raw, self.state, self.chunk_rows, last_day):
-            self.state = after
-            yield day, chunk
+        yield from _enriched_days(self.raw, self.state, self.chunk_rows, last_day)
+
+
+class CategoryOf:
+    """Item id -> its category id (-1 for items not in the items table), for history lists."""
+
+    def __init__(self, items: pl.DataFrame):
+        self.index = KeyIndex(items["item_id"].cast(pl.Int64).to_numpy())
+        cats = items["category"].cast(pl.Int64)
+        self.valid = cats.is_not_null().to_numpy()
+        self.cats = cats.fill_null(-1).to_numpy()
+
+    def of_lists(self, items: pl.Series, name: str) -> pl.Series:
+        """A list column of item ids -> the same lists of their categories (null where the item's
+        category is null)."""
+        lengths, flat = list_parts(items)
+        rows = self.index.rows(flat.to_numpy(zero_copy_only=False))
+        known = rows >= 0
+        r = np.where(known, rows, 0)
+        values = np.where(known, self.cats[r], -1)
+        valid = ~known | self.valid[r]
+        return list_series(name, lengths, values, None if valid.all() else valid)
 
 
 def slice_bounds(ts: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
@@ -84,11 +106,10 @@ def slice_bounds(ts: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
 
 def _enriched_days(
     raw: RawTables, state: HistoryState, chunk_rows: int, last_day: dt.date | None = None,
-) -> Iterator[tuple[dt.date, pl.DataFrame, HistoryState]]:
+) -> Iterator[tuple[dt.date, pl.DataFrame]]:
     check_join_columns(raw)
     dtype = raw.impressions.collect_schema()["timestamp"]
-    items = raw.items
-    category = items.select("item_id", "category") if "category" in items.columns else None
+    category = CategoryOf(raw.items) if "category" in raw.items.columns else None
     for day in days_in_log(raw):
         if last_day and day > last_day:
             break
@@ -96,48 +117,41 @@ def _enriched_days(
         day_rows = (
             raw.impressions.filter((pl.col("timestamp") >= lo) & (pl.col("timestamp") < hi))
             .collect()
-            .sort("timestamp", maintain_order=True)
         )
+        check_unique_ids(day_rows, f"{raw.files.get('impressions', 'impressions')} ({day})")
+        if not day_rows["timestamp"].is_sorted():
+            day_rows = day_rows.sort("timestamp", maintain_order=True)
         ts = day_rows["timestamp"].dt.cast_time_unit("ms").cast(pl.Int64).to_numpy()
         for a, b in slice_bounds(ts, chunk_rows):
-            chunk, state = _enrich(day_rows[a:b], raw, items, category, state)
-            yield day, chunk, state
+            yield day, _enrich(day_rows[a:b], raw, category, state)
+        del day_rows  # before the next day is read, not after
 
 
 def _enrich(
-    rows: pl.DataFrame, raw: RawTables, items: pl.DataFrame, category: pl.DataFrame | None, state: HistoryState,
-    advance: bool = True,
-) -> tuple[pl.DataFrame, HistoryState]:
+    rows: pl.DataFrame, raw: RawTables, category: CategoryOf | None, state: HistoryState, advance: bool = True,
+) -> pl.DataFrame:
     chunk = (
         rows.join(raw.users, on="user_id", how="left", maintain_order="left")
-        .join(items, on="item_id", how="left", maintain_order="left")
+        .join(raw.items, on="item_id", how="left", maintain_order="left")
         .with_columns(
             pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"),
             pl.col("timestamp").dt.weekday().cast(pl.Int8).alias("weekday"),
         )
     )
-    if advance:
-        chunk, state = add_point_in_time(chunk, state)
-    else:
-        chunk = point_in_time_from_state(chunk, state)
+    chunk = add_point_in_time(chunk, state) if advance else point_in_time_from_state(chunk, state)
     if category is not None:
-        cats = category["category"].cast(pl.Int64)
-        chunk = chunk.with_columns(
-            pl.col("hist_click_items")
-            .list.eval(pl.element().replace_strict(category["item_id"], cats, default=-1))
-            .alias("hist_click_categories")
-        )
-    return chunk, state
+        chunk = chunk.with_columns(category.of_lists(chunk["hist_click_items"], "hist_click_categories"))
+    return chunk
 
 
-def enrich_candidates(rows: pl.DataFrame, raw: RawTables, state: HistoryState) -> pl.DataFrame:
+def enrich_candidates(rows: pl.DataFrame, raw: RawTables, state: HistoryState, category: CategoryOf | None = None) -> pl.DataFrame:
     """Enrich impressions to score (no labels needed): the same joins and derived columns as the
     replay, with point-in-time features read from ``state`` (the history up to the end of the
-    transformed log), which is left unchanged. Row order is kept."""
-    items = raw.items
-    category = items.select("item_id", "category") if "category" in items.columns else None
-    chunk, _ = _enrich(rows, raw, items, category, state, advance=False)
-    return chunk
+    transformed log), which is left unchanged. Row order is kept. Pass ``category`` (built once
+    from ``raw.items``) when enriching many batches."""
+    if category is None and "category" in raw.items.columns:
+        category = CategoryOf(raw.items)
+    return _enrich(rows, raw, category, state, advance=False)
 
 
 def initial_state(raw: RawTables, max_len: int, long_watch_s: float) -> HistoryState:

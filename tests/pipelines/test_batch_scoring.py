@@ -21,7 +21,7 @@ from recsys_moe.data.raw import load_raw
 from recsys_moe.export.onnx_export import export_onnx
 from recsys_moe.features.enrich import enrich_candidates
 from recsys_moe.features.pointintime import HistoryState
-from recsys_moe.features.transform import feature_exprs
+from recsys_moe.features.transform import FeatureMapper
 from recsys_moe.models import build_model
 from recsys_moe.training.batches import ColumnarSplit
 
@@ -55,7 +55,7 @@ def test_scores_equal_torch_on_the_same_raw_rows(exported, tmp_path):
     assert manifest["complete"] and sum(manifest["parts"].values()) == raw_rows.height
 
     state = HistoryState.load(cfg.experiment.work_dir / "features/data/state")
-    feats = enrich_candidates(raw_rows, load_raw(cfg.data), state).select(feature_exprs(spec)).to_arrow()
+    feats = FeatureMapper(spec).features(enrich_candidates(raw_rows, load_raw(cfg.data), state))[0].to_arrow()
     batch = ColumnarSplit(spec, feats, "reference", label_columns=()).batch(torch.arange(feats.num_rows))
     with torch.no_grad():
         ref = model(batch.sparse, batch.dense)
