@@ -170,6 +170,15 @@ def test_bad_inputs_fail_clearly_and_write_nothing(small, tmp_path):
     out.mkdir()
     with pytest.raises(FileExistsError):
         transform(raw, spec, cfg.split, out)
+    # the replay checks ids day by day (the whole-log check is the one whose memory grows)
+    imps = raw.impressions.collect()
+    twice = imps.with_columns(
+        pl.when(pl.col("impression_id") == imps["impression_id"][5]).then(imps["impression_id"][4])
+        .otherwise(pl.col("impression_id")).alias("impression_id")
+    )
+    with pytest.raises(RawDataError, match=r"\(2024-01-01\), column 'impression_id': duplicate impression_id \(2 row"):
+        transform(replace(raw, impressions=twice.lazy()), spec, cfg.split, tmp_path / "dup")
+    assert not (tmp_path / "dup").exists()
 
 
 def test_features_package_imports_without_torch():
