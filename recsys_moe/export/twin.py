@@ -46,7 +46,8 @@ class PaddedEmbedding(nn.Module):
             else:
                 self.plan.append(("list", list_features.index(f), table_of[f], pooling_of[table_of[f]] == "mean"))
 
-    def forward(self, ids: Tensor, lists: list[Tensor]) -> Tensor:
+    def forward(self, ids: Tensor, lists: list[Tensor]) -> list[Tensor]:
+        """Each feature's pooled ``[B, dim]`` embedding, in the model's feature order."""
         pooled = []
         for kind, pos, table, mean in self.plan:
             emb = self.tables[table]
@@ -57,9 +58,9 @@ class PaddedEmbedding(nn.Module):
             valid = x >= 0
             summed = emb(torch.where(valid, x, self.pad_rows[table])).sum(1)
             if mean:
-                summed = summed / valid.sum(1, keepdim=True).clamp_min(1).to(summed.dtype)
+                summed = summed / valid.to(summed.dtype).sum(1, keepdim=True).clamp_min(1)
             pooled.append(summed)
-        return torch.cat(pooled, dim=1)
+        return pooled
 
 
 class OnnxTwin(nn.Module):
@@ -81,11 +82,12 @@ class OnnxTwin(nn.Module):
 
     def forward(self, ids: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
         lists, dense = list(rest[:-1]), rest[-1]
-        inputs = [self.model.combine(e(ids, lists), dense) for e in self.embeddings]
+        inputs = [self.model.combine_parts(e(ids, lists), dense) for e in self.embeddings]
         out = self.model.head(inputs)
         preds = [out[name] for name in self.prediction_names]
-        score = torch.ones_like(preds[0])
+        score = None
         for p, e in zip(preds, self.exponents, strict=True):
             if e:
-                score = score * p.clamp_min(1e-12) ** e
-        return (*preds, score)
+                term = p.clamp_min(1e-12) if e == 1.0 else p.clamp_min(1e-12) ** e
+                score = term if score is None else score * term
+        return (*preds, torch.ones_like(preds[0]) if score is None else score)

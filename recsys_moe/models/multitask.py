@@ -50,6 +50,14 @@ class MultiTaskModel(nn.Module):
             parts.append(self.interaction(pooled))
         return torch.cat(parts, dim=1)
 
+    def combine_parts(self, parts: list[Tensor], dense: Tensor) -> Tensor:
+        """:meth:`combine` from each feature's pooled ``[B, d]`` tensor (in feature order) rather
+        than their concatenation: the same values, without slicing the features back out."""
+        cols = [*parts, dense]
+        if self.interaction is not None:
+            cols.append(self.interaction.forward_parts(parts))
+        return torch.cat(cols, dim=1)
+
     def head(self, inputs: list[Tensor]) -> dict[str, Tensor]:
         hidden, gates = self.body(inputs)
         out: dict[str, Tensor] = {}

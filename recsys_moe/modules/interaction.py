@@ -36,10 +36,21 @@ class DotInteraction(nn.Module):
         self.out_dim = sum(len(s) * (len(s) - 1) // 2 for s, _ in self.groups)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._dots([[x[:, s: s + width] for s in starts] for starts, width in self.groups], x)
+
+    def forward_parts(self, parts: Sequence[Tensor]) -> Tensor:
+        """The same dot products from the features as separate ``[B, d]`` tensors (in order), as
+        the ONNX twin has them: no slicing back out of the concatenation."""
+        index = {}
+        for i, p in enumerate(parts):
+            index.setdefault(p.shape[1], []).append(i)
+        return self._dots([[parts[i] for i in index[width]] for _, width in self.groups], parts[0])
+
+    def _dots(self, members: list[list[Tensor]], like: Tensor) -> Tensor:
         outs = []
-        for g, (starts, width) in enumerate(self.groups):
-            e = torch.stack([x[:, s: s + width] for s in starts], dim=1)  # [B, n, w]
+        for g, group in enumerate(members):
+            e = torch.stack(group, dim=1)  # [B, n, w]
             a = e.index_select(1, getattr(self, f"left_{g}"))
             b = e.index_select(1, getattr(self, f"right_{g}"))
             outs.append((a * b).sum(-1))
-        return torch.cat(outs, dim=1) if outs else x.new_zeros(x.shape[0], 0)
+        return torch.cat(outs, dim=1) if outs else like.new_zeros(like.shape[0], 0)
