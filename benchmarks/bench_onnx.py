@@ -12,7 +12,7 @@ sizes 512, 4096 and 32768:
   sequential execution).
 
 Each figure is the median rows/s over ``--repeats`` timed runs of ``--iters`` batches after a
-warm-up. Input preparation is excluded (model-only). Writes benchmarks/results/onnx.json.
+warm-up; the runs go round-robin over the four, so drift in the machine's speed hits all alike. Input preparation is excluded (model-only). Writes benchmarks/results/onnx.json.
 
     python benchmarks/bench_onnx.py [--repeats 5] [--iters 20]
 """
@@ -34,16 +34,20 @@ KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
 BATCHES = (512, 4096, 32768)
 
 
-def timed(fn, repeats: int, iters: int, rows: int) -> float:
-    for _ in range(3):
-        fn()
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iters):
+def timed(fns: dict, repeats: int, iters: int, rows: int) -> dict[str, float]:
+    """Median rows/s of each function; the repeats go round-robin over the functions, so a
+    machine that slows down or speeds up during the run weighs on all of them alike."""
+    for fn in fns.values():
+        for _ in range(3):
             fn()
-        rates.append(rows * iters / (time.perf_counter() - start))
-    return statistics.median(rates)
+    rates: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            rates[name].append(rows * iters / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def main() -> None:
@@ -92,10 +96,12 @@ def main() -> None:
             iters = max(2, args.iters * 4096 // b)
             row = {"batch_size": b}
             with torch.no_grad():
-                row["torch_torchrec"] = timed(lambda batch=batch: model(batch.sparse, batch.dense), args.repeats, iters, b)
-                row["torch_twin"] = timed(lambda targs=targs: twin(*targs), args.repeats, iters, b)
-            row["ort_default"] = timed(lambda feeds=feeds: default.run(None, feeds), args.repeats, iters, b)
-            row["ort_tuned"] = timed(lambda feeds=feeds: tuned.run(None, feeds), args.repeats, iters, b)
+                row |= timed({
+                    "torch_torchrec": lambda batch=batch: model(batch.sparse, batch.dense),
+                    "torch_twin": lambda targs=targs: twin(*targs),
+                    "ort_default": lambda feeds=feeds: default.run(None, feeds),
+                    "ort_tuned": lambda feeds=feeds: tuned.run(None, feeds),
+                }, args.repeats, iters, b)
             row["ort_tuned_over_torch_twin"] = row["ort_tuned"] / row["torch_twin"]
             row["ort_tuned_over_torch_torchrec"] = row["ort_tuned"] / row["torch_torchrec"]
             results.append(row)

@@ -14,9 +14,10 @@ class DotInteraction(nn.Module):
     """``[B, sum(dims)]`` (features concatenated in order) -> ``[B, P]`` dot products of every
     pair of features that share a width, group by group. Groups with one feature add nothing.
 
-    Each group's features are cut out as contiguous column slices and stacked to ``[B, n, w]``;
-    the pairs are then two small gathers along the feature axis, a product and a sum over ``w``.
-    (Gathering single columns of the wide input instead was the slowest op in ONNX Runtime.)"""
+    Each group's features are stacked to ``[B, n, w]``; one batched matmul gives every dot product
+    ``[B, n, n]`` and the pairs above the diagonal are read out with one gather, as in DLRM. (Two
+    gathers of the pair members followed by a product and a sum moved ``2 * pairs * w`` floats per
+    row and took a quarter of ONNX Runtime's time on the KuaiRand model.)"""
 
     def __init__(self, dims: Sequence[int]) -> None:
         super().__init__()
@@ -28,10 +29,9 @@ class DotInteraction(nn.Module):
             members = [i for i, d in enumerate(dims) if d == width]
             if len(members) < 2:
                 continue
-            rows, cols = torch.triu_indices(len(members), len(members), offset=1)
-            g = len(self.groups)
-            self.register_buffer(f"left_{g}", rows, persistent=False)
-            self.register_buffer(f"right_{g}", cols, persistent=False)
+            n = len(members)
+            rows, cols = torch.triu_indices(n, n, offset=1)
+            self.register_buffer(f"pairs_{len(self.groups)}", rows * n + cols, persistent=False)
             self.groups.append((tuple(starts[i] for i in members), width))
         self.out_dim = sum(len(s) * (len(s) - 1) // 2 for s, _ in self.groups)
 
@@ -41,7 +41,7 @@ class DotInteraction(nn.Module):
     def forward_parts(self, parts: Sequence[Tensor]) -> Tensor:
         """The same dot products from the features as separate ``[B, d]`` tensors (in order), as
         the ONNX twin has them: no slicing back out of the concatenation."""
-        index = {}
+        index: dict[int, list[int]] = {}
         for i, p in enumerate(parts):
             index.setdefault(p.shape[1], []).append(i)
         return self._dots([[parts[i] for i in index[width]] for _, width in self.groups], parts[0])
@@ -50,7 +50,6 @@ class DotInteraction(nn.Module):
         outs = []
         for g, group in enumerate(members):
             e = torch.stack(group, dim=1)  # [B, n, w]
-            a = e.index_select(1, getattr(self, f"left_{g}"))
-            b = e.index_select(1, getattr(self, f"right_{g}"))
-            outs.append((a * b).sum(-1))
+            dots = torch.bmm(e, e.transpose(1, 2)).flatten(1)  # [B, n * n]
+            outs.append(dots.index_select(1, getattr(self, f"pairs_{g}")))
         return torch.cat(outs, dim=1) if outs else like.new_zeros(like.shape[0], 0)
