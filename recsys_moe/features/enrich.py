@@ -66,7 +66,7 @@ class Replay:
     the last day yielded (what a later job continues from). The state passed in is advanced in
     place: copy it first (:meth:`HistoryState.load` of a saved one) to keep the original."""
 
-    def __init__(self, raw: RawTables, state: HistoryState, chunk_rows: int = 200_000):
+    def __init__(self, raw: RawTables, state: HistoryState, chunk_rows: int = 65_536):
         self.raw, self.state, self.chunk_rows = raw, state, chunk_rows
 
     def days(self, last_day: dt.date | None = None) -> Iterator[tuple[dt.date, pl.DataFrame]]:

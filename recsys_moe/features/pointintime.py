@@ -31,7 +31,7 @@ import polars as pl
 import pyarrow as pa
 
 from recsys_moe.features.keyindex import KeyIndex
-from recsys_moe.features.lookup import list_parts, list_series
+from recsys_moe.features.lookup import head_positions, list_parts, list_series
 
 LIST_COLUMNS = ("hist_click_items", "hist_long_watch_items")
 COUNTER_COLUMNS = tuple(
@@ -83,7 +83,7 @@ def before_sums(key: np.ndarray, ts: np.ndarray, values: np.ndarray) -> np.ndarr
     ``values`` is ``[n, m]``; the result has the same shape and the input's row order.
     """
     runs = SortedRuns(key, ts)
-    return np.stack([runs.before(runs.prefix(values[:, j])) for j in range(values.shape[1])], axis=1).reshape(values.shape)
+    return np.stack([runs.before(runs.prefix(values[:, j])) for j in range(values.shape[1])], axis=1)
 
 
 def take_lists(seq: np.ndarray, top: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -245,8 +245,8 @@ class HistoryState:
         if prior is not None and prior.height:
             hist = prior.select(
                 pl.col("user_id").cast(pl.Int64),
-                pl.col("click_items").cast(pl.List(pl.Int64)).list.reverse().alias("hist_click_items"),
-                pl.col("long_watch_items").cast(pl.List(pl.Int64)).list.reverse().alias("hist_long_watch_items"),
+                pl.col("click_items").cast(pl.List(pl.Int64)).list.drop_nulls().list.reverse().alias("hist_click_items"),
+                pl.col("long_watch_items").cast(pl.List(pl.Int64)).list.drop_nulls().list.reverse().alias("hist_long_watch_items"),
             )
             state._load_lists(hist)
         return state
@@ -260,12 +260,9 @@ class HistoryState:
         self._grow()
         for lists, col in ((self.clicked, "hist_click_items"), (self.long_watched, "hist_long_watch_items")):
             lengths, flat = list_parts(hist[col])
-            kept = np.minimum(lengths, self.max_len)
-            starts = np.cumsum(lengths) - lengths
-            r = np.repeat(np.arange(len(kept)), kept)
-            pos = starts[r] + np.arange(len(r)) - np.repeat(np.cumsum(kept) - kept, kept)
-            values = flat.to_numpy(zero_copy_only=False)[pos] if len(pos) else np.zeros(0, np.int64)
-            lists.set(rows, kept, values)
+            kept, keep = head_positions(lengths, self.max_len)
+            values = flat.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            lists.set(rows, kept, values if keep is None else values[keep])
 
     def _grow(self) -> None:
         self.clicked.grow(self.users.size)
