@@ -64,7 +64,7 @@ def _day_bounds(dtype: pl.Datetime, day: dt.date) -> tuple[pl.Expr, pl.Expr]:
 class Replay:
     """Replays a log day by day, carrying the point-in-time state; ``state`` is the state after
     the last day yielded (what a later job continues from). The state passed in is advanced in
-    place: copy it first (:meth:`HistoryState.load` of a saved one) to keep the original."""
+    place: pass ``state.copy()`` to keep the original."""
 
     def __init__(self, raw: RawTables, state: HistoryState, chunk_rows: int = 65_536):
         self.raw, self.state, self.chunk_rows = raw, state, chunk_rows

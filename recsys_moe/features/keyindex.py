@@ -62,16 +62,22 @@ class KeyIndex:
             keys_in_order = np.empty(len(uniq), np.int64)
             keys_in_order[new_rows - self.size] = uniq
             self._keys = np.concatenate([self._keys, keys_in_order])
-            self._update_direct()
+            self._update_direct(uniq, new_rows)
             rows[missing] = self.rows(keys[missing])
         return rows
 
-    def _update_direct(self) -> None:
+    def _update_direct(self, new_keys: np.ndarray, new_rows: np.ndarray) -> None:
         lo, hi = int(self._sorted_keys[0]), int(self._sorted_keys[-1])
-        if lo < 0 or hi >= max(DIRECT_MIN_SLOTS, 8 * self.size):
+        limit = max(DIRECT_MIN_SLOTS, 8 * self.size)
+        if lo < 0 or hi >= limit:
             self._direct = None
             return
-        direct = np.full(hi + 2, -1, np.int64)
+        if self._direct is not None and hi + 2 <= len(self._direct):
+            self._direct[new_keys] = new_rows  # the last slot stays -1: every key is below it
+            return
+        # grown by doubling, so a stream of new users costs amortised O(new keys), not O(max id)
+        cap = min(max(hi + 2, 2 * len(self._direct) if self._direct is not None else 0), limit + 1)
+        direct = np.full(cap, -1, np.int64)
         direct[self._sorted_keys] = self._sorted_rows
         self._direct = direct
 
