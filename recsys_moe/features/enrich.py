@@ -80,19 +80,17 @@ class CategoryOf:
     def __init__(self, items: pl.DataFrame):
         self.index = KeyIndex(items["item_id"].cast(pl.Int64).to_numpy())
         cats = items["category"].cast(pl.Int64)
-        self.valid = cats.is_not_null().to_numpy()
-        self.cats = cats.fill_null(-1).to_numpy()
+        # one extra entry at the end, read by row -1 (an item not in the table): category -1, valid
+        self.cats = np.append(cats.fill_null(-1).to_numpy(), -1)
+        self.valid = np.append(cats.is_not_null().to_numpy(), True)
 
     def of_lists(self, items: pl.Series, name: str) -> pl.Series:
         """A list column of item ids -> the same lists of their categories (null where the item's
         category is null)."""
         lengths, flat = list_parts(items)
         rows = self.index.rows(flat.to_numpy(zero_copy_only=False))
-        known = rows >= 0
-        r = np.where(known, rows, 0)
-        values = np.where(known, self.cats[r], -1)
-        valid = ~known | self.valid[r]
-        return list_series(name, lengths, values, None if valid.all() else valid)
+        valid = self.valid.take(rows)
+        return list_series(name, lengths, self.cats.take(rows), None if valid.all() else valid)
 
 
 def slice_bounds(ts: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:

@@ -55,3 +55,13 @@ def test_list_parts_and_list_series_round_trip():
     assert lengths.tolist() == [0, 1, 0, 3] and flat.to_pylist() == [3, 4, 5, 6]
     back = list_series("x", lengths, flat.to_numpy(), np.array([True, False, True, True]))
     assert back.to_list() == [[], [3], [], [None, 5, 6]]
+
+
+def test_category_lists_keep_offsets_and_mark_unknown_items():
+    from recsys_moe.features.enrich import CategoryOf
+
+    items = pl.DataFrame({"item_id": [1, 2, 5], "category": [30, None, 50]})
+    lists = pl.Series("h", [[5, 1], [], [2, 99], None], dtype=pl.List(pl.Int64))
+    got = CategoryOf(items).of_lists(lists, "c")
+    # an item without a category gives null (OOV later); one missing from the table gives -1
+    assert got.to_list() == [[50, 30], [], [None, -1], []]
