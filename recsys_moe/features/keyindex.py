@@ -38,9 +38,10 @@ class KeyIndex:
         """The row of each key, ``-1`` for keys never added."""
         keys = np.asarray(keys, dtype=np.int64)
         if self._direct is not None:
-            # negative keys, seen as unsigned, are huge and land on the last slot (-1) like big ones
-            slot = np.minimum(keys.view(np.uint64), len(self._direct) - 1).view(np.int64)
-            return self._direct.take(slot)
+            if not len(keys) or keys.min() >= 0:
+                return self._direct.take(keys, mode="clip")  # keys past the end land on the last slot: -1
+            # negative keys, seen as unsigned, are huge and land on the last slot too
+            return self._direct.take(np.minimum(keys.view(np.uint64), len(self._direct) - 1).view(np.int64))
         if not self.size:
             return np.full(len(keys), -1, np.int64)
         pos = np.searchsorted(self._sorted_keys, keys)

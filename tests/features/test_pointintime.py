@@ -159,3 +159,14 @@ def test_replay_with_prior_and_ties_matches_brute_force(rng):
     hist = state.user_hist.filter(pl.col("user_id") == 2)
     later = np.flatnonzero(user == 2)[::-1]
     assert hist["hist_click_items"][0].to_list() == ([int(item[j]) for j in later if click[j]] + seeds[2][0])[:max_len]
+
+
+@pytest.mark.parametrize("high", [50, 70_000, 2**40])
+def test_stable_order_equals_the_two_key_sort(rng, high):
+    from recsys_moe.features.pointintime import stable_order
+
+    key = rng.integers(0, high, 5_000)
+    ts = np.sort(rng.integers(0, 300, 5_000))  # sorted, with ties: the radix path when keys < 2**32
+    np.testing.assert_array_equal(stable_order(key, ts), np.lexsort((ts, key)))
+    shuffled = rng.permutation(ts)  # unsorted time: the two-key sort itself
+    np.testing.assert_array_equal(stable_order(key, shuffled), np.lexsort((shuffled, key)))
