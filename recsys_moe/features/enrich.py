@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo
@@ -9,10 +10,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import polars as pl
 
+from recsys_moe.config import FeaturesConfig
 from recsys_moe.data.raw import RawTables
 from recsys_moe.data.schema import RawDataError, check_unique_ids
 from recsys_moe.features.keyindex import KeyIndex
-from recsys_moe.features.lookup import list_parts, list_series
+from recsys_moe.features.lookup import list_parts, list_series, numpy_of
 from recsys_moe.features.pointintime import (
     POINT_IN_TIME_COLUMNS,
     HistoryState,
@@ -33,6 +35,19 @@ def check_join_columns(raw: RawTables) -> None:
     both = sorted((set(raw.users.columns) - {"user_id"}) & (set(raw.items.columns) - {"item_id"}))
     if both:
         raise RawDataError(raw.files.get("items", "items"), both[0], "column name appears in both users and items")
+
+
+def joined_columns_only(raw: RawTables, features: FeaturesConfig) -> RawTables:
+    """``raw`` with users and items cut to their key and the columns some feature reads (plus the
+    items' ``category``, which history categories need), so each join copies only those.
+
+    KuaiRand's user table has 31 columns; the feature set reads 5 of them."""
+    read = {f.source for f in features.features} | {"category"}
+    return dataclasses.replace(
+        raw,
+        users=raw.users.select(c for c in raw.users.columns if c == "user_id" or c in read),
+        items=raw.items.select(c for c in raw.items.columns if c == "item_id" or c in read),
+    )
 
 
 def available_columns(raw: RawTables) -> dict[str, pl.DataType]:
@@ -88,7 +103,7 @@ class CategoryOf:
         """A list column of item ids -> the same lists of their categories (null where the item's
         category is null)."""
         lengths, flat = list_parts(items)
-        rows = self.index.rows(flat.to_numpy(zero_copy_only=False))
+        rows = self.index.rows(numpy_of(flat))
         valid = self.valid.take(rows)
         return list_series(name, lengths, self.cats.take(rows), None if valid.all() else valid)
 

@@ -28,14 +28,22 @@ class Mapped:
     values: int
 
 
+def numpy_of(arr: pa.Array) -> np.ndarray:
+    """An Arrow array as numpy (zero-copy when it has no nulls; nulls of an int array become NaN).
+
+    Goes through Polars because pyarrow's own ``to_numpy`` imports pandas on first use (0.25 s of
+    every CLI start)."""
+    return pl.Series(arr).to_numpy()
+
+
 def list_parts(s: pl.Series) -> tuple[np.ndarray, pa.Array]:
     """Per-row lengths (null lists count as empty) and the flat values of a list column."""
     arr = s.to_arrow()
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    lengths = np.diff(arr.offsets.to_numpy()).astype(np.int64, copy=False)
+    lengths = np.diff(numpy_of(arr.offsets)).astype(np.int64, copy=False)
     if arr.null_count:
-        lengths[arr.is_null().to_numpy(zero_copy_only=False)] = 0
+        lengths[numpy_of(arr.is_null())] = 0
     return lengths, arr.flatten()
 
 

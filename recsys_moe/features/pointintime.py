@@ -31,7 +31,7 @@ import polars as pl
 import pyarrow as pa
 
 from recsys_moe.features.keyindex import KeyIndex
-from recsys_moe.features.lookup import head_positions, list_parts, list_series
+from recsys_moe.features.lookup import head_positions, list_parts, list_series, numpy_of
 
 LIST_COLUMNS = ("hist_click_items", "hist_long_watch_items")
 COUNTER_COLUMNS = tuple(
@@ -275,7 +275,7 @@ class HistoryState:
         for lists, col in ((self.clicked, "hist_click_items"), (self.long_watched, "hist_long_watch_items")):
             lengths, flat = list_parts(hist[col])
             kept, keep = head_positions(lengths, self.max_len)
-            values = flat.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            values = numpy_of(flat).astype(np.int64, copy=False)
             lists.set(rows, kept, values if keep is None else values[keep])
 
     def _grow(self) -> None:

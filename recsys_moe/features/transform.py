@@ -19,7 +19,7 @@ import polars as pl
 from recsys_moe.atomic import replacing
 from recsys_moe.config import FeatureDef, SplitConfig
 from recsys_moe.data.raw import RawTables
-from recsys_moe.features.enrich import Replay, initial_state
+from recsys_moe.features.enrich import Replay, initial_state, joined_columns_only
 from recsys_moe.features.fit import FeatureError, check_sources, numeric_pre_standardize
 from recsys_moe.features.lookup import IdLookup
 from recsys_moe.features.pointintime import HistoryState
@@ -134,6 +134,7 @@ def transform(
     built under a temporary name and renamed into place when complete.
     """
     check_sources(spec.features, raw)
+    raw = joined_columns_only(raw, spec.features)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
@@ -144,12 +145,22 @@ def transform(
     hist = spec.features.history
     replay = Replay(raw, state or initial_state(raw, hist.max_len, hist.long_watch_s), chunk_rows or spec.features.chunk_rows)
     mapper = FeatureMapper(spec)
-    with replacing(out_dir) as tmp, ThreadPoolExecutor(1, thread_name_prefix="parquet-writer") as writer:
+    with replacing(out_dir) as tmp, ThreadPoolExecutor(1, thread_name_prefix="map-and-write") as writer:
         for name in windows:
             (tmp / name).mkdir(parents=True)
         last = max(w.end for w in windows.values())
-        # Part i is written on a thread while part i+1 is computed (numpy runs on one core, the
-        # Parquet encoder on both); at most one write is in flight, so memory holds one extra part.
+
+        def map_and_write(chunk: pl.DataFrame, split_name: str, path: Path) -> None:
+            rows, counts = mapper.apply(chunk)
+            rows.write_parquet(path, compression=compression)
+            for k, v in counts.items():
+                summary.counts[k] = summary.counts.get(k, 0) + v
+            summary.rows_out[split_name] += rows.height
+
+        # The replay is sequential (each chunk advances the history); mapping a replayed chunk to
+        # model inputs and writing it are not, so they run on a second thread while the next chunk
+        # is replayed (numpy and Polars release the GIL). At most one chunk is in flight, so
+        # memory holds one extra chunk.
         pending: Future | None = None
         for day, chunk in replay.days(last_day=last):
             summary.rows_in += chunk.height
@@ -158,16 +169,12 @@ def transform(
                 on_day(str(day), chunk.height)
             if split_name is None or not chunk.height:
                 continue
-            rows, counts = mapper.apply(chunk)
-            for k, v in counts.items():
-                summary.counts[k] = summary.counts.get(k, 0) + v
             if pending is not None:
                 pending.result()
             path = tmp / split_name / f"part-{parts[split_name]:05d}.parquet"
-            pending = writer.submit(rows.write_parquet, path, compression=compression)
+            pending = writer.submit(map_and_write, chunk, split_name, path)
             parts[split_name] += 1
-            summary.rows_out[split_name] += rows.height
-            del chunk, rows  # else both stay alive while the next chunk is built
+            del chunk  # else it stays alive while the next chunk is built
         if pending is not None:
             pending.result()
         empty = [n for n, c in summary.rows_out.items() if c == 0]

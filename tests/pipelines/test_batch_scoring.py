@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from pipelines import batch_scoring
 from pipelines.batch_scoring import ScoringError, score
 from recsys_moe.config import ModelConfig, TasksConfig
 from recsys_moe.data.raw import load_raw
@@ -44,8 +45,11 @@ def candidates(cfg) -> Path:
     return cfg.data.raw_dir / "impressions" / "date=2024-01-04"
 
 
-def test_scores_equal_torch_on_the_same_raw_rows(exported, tmp_path):
+@pytest.mark.parametrize("slice_rows", [None, 300])
+def test_scores_equal_torch_on_the_same_raw_rows(exported, tmp_path, monkeypatch, slice_rows):
     cfg, spec, model, onnx_path = exported
+    if slice_rows:  # parts of 1000 rows prepared and scored as slices of 300, 300, 300 and 100
+        monkeypatch.setattr(batch_scoring, "SLICE_ROWS", slice_rows)
     summary = score(cfg, str(onnx_path), candidates(cfg), tmp_path / "out", batch_rows=1000)
     raw_rows = pl.read_parquet(candidates(cfg))
     got = pl.read_parquet(tmp_path / "out" / "*.parquet")
@@ -103,6 +107,12 @@ def test_missing_column_empty_input_and_no_input(exported, tmp_path):
     pl.read_parquet(candidates(cfg)).drop("item_id").write_parquet(tmp_path / "bad.parquet")
     with pytest.raises(ScoringError, match=r"bad.parquet: column\(s\) \['item_id'\] missing"):
         score(cfg, str(onnx_path), tmp_path / "bad.parquet", tmp_path / "out")
+    both = tmp_path / "both"  # a directory input: every file is checked, not only the first
+    both.mkdir()
+    pl.read_parquet(candidates(cfg)).write_parquet(both / "a.parquet")
+    pl.read_parquet(candidates(cfg)).drop("timestamp").write_parquet(both / "b.parquet")
+    with pytest.raises(ScoringError, match=r"b.parquet: column\(s\) \['timestamp'\] missing"):
+        score(cfg, str(onnx_path), both, tmp_path / "out1")
     pl.read_parquet(candidates(cfg)).head(0).write_parquet(tmp_path / "empty.parquet")
     with pytest.raises(ScoringError, match="no rows"):
         score(cfg, str(onnx_path), tmp_path / "empty.parquet", tmp_path / "out2")
