@@ -186,9 +186,8 @@ def score(
             validate_items(raw.items, raw.files.get("items", "items"))
             _check_input(files, spec, raw)
             raw = joined_columns_only(raw, spec.features)
-            loaded = loading.result() if loading is not None else None
-        if loaded is not None:
-            state = loaded
+            state = loading.result() if loading is not None else None
+        if state is not None:
             summary.state_source = str(state_path)
         else:
             if state_dir:

@@ -294,9 +294,12 @@ class HistoryState:
             self.long_watched.column("hist_long_watch_items", rows),
         ]).sort("user_id")
 
+    def _counted(self, who: str) -> tuple[KeyIndex, _Counts]:
+        return (self.users, self.user_counts) if who == "user" else (self.items, self.item_counts)
+
     def counts_frame(self, who: str) -> pl.DataFrame:
         """``<who>_id``, imps, clicks, watch for every user / item seen, sorted by id."""
-        index, counts = (self.users, self.user_counts) if who == "user" else (self.items, self.item_counts)
+        index, counts = self._counted(who)
         return counts.frame(f"{who}_id", index.keys())
 
     def save(self, directory: Path) -> None:
@@ -313,9 +316,9 @@ class HistoryState:
         state = cls.empty(meta["max_len"], meta["long_watch_s"])
         state.last_ts_ms = meta["last_ts_ms"]
         state._load_lists(pl.read_parquet(directory / "user_hist.parquet"))
-        for who, counts in (("user", state.user_counts), ("item", state.item_counts)):
+        for who in ("user", "item"):
             frame = pl.read_parquet(directory / f"{who}_counts.parquet")
-            index = state.users if who == "user" else state.items
+            index, counts = state._counted(who)
             rows = index.add(frame[f"{who}_id"].to_numpy())
             state._grow()
             counts.imps[rows] = frame["imps"].to_numpy()
