@@ -8,8 +8,9 @@ Output folder::
     MANIFEST.json            input fingerprint, model, rows per finished part, complete flag
 
 Each part is written to a temporary name and renamed; the manifest is rewritten (temp + rename)
-after every part. A rerun with the same input, model and batch size skips the parts the manifest
-lists, so a crashed job resumes without duplicate or missing rows.
+after every part. A rerun with the same input, model bytes, history state and batch size skips the
+parts the manifest lists, so a crashed job resumes without duplicate or missing rows; a rerun with
+anything else changed is refused (or starts over with ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -115,10 +116,15 @@ def resolve_model(cfg: Config, model: str, cache: Path) -> tuple[Path, Path, str
     return path, spec_dir, str(path)
 
 
-def fingerprint(files: list[Path], model_label: str, spec_hash: str, batch_rows: int) -> str:
+def fingerprint(files: list[Path], onnx_path: Path, spec_hash: str, batch_rows: int, feature_files: list[Path]) -> str:
+    """What a finished part depends on: the input files, the model's bytes (a label such as
+    ``models:/name@champion`` or a file path stays the same when the model behind it changes), the
+    spec, the files features are read from (users, items, history state) and the batching."""
     # "read_batches" names the batching scheme: a part file is only reused by the same one
-    h = hashlib.sha256(f"{model_label}|{spec_hash}|{batch_rows}|read_batches".encode())
-    for f in files:
+    h = hashlib.sha256(f"{spec_hash}|{batch_rows}|read_batches".encode())
+    with open(onnx_path, "rb") as model:
+        h.update(hashlib.file_digest(model, "sha256").digest())
+    for f in [*files, *feature_files]:
         st = f.stat()
         h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
@@ -196,7 +202,9 @@ def score(
             state = initial_state(raw, hist.max_len, hist.long_watch_s)
             summary.state_source = "prior history only"
             summary.notes.append(f"no state at {default_state}: history features start from the source's prior history")
-        fp = fingerprint(files, label, spec.content_hash, batch_rows)
+        feature_files = [Path(raw.files[t]) for t in ("users", "items") if t in raw.files]
+        feature_files += sorted(state_path.iterdir()) if saved_state else [Path(raw.files[t]) for t in ("history",) if t in raw.files]
+        fp = fingerprint(files, onnx_path, spec.content_hash, batch_rows, feature_files)
         manifest_path = output / "MANIFEST.json"
         manifest = {"fingerprint": fp, "model": label, "spec_hash": spec.content_hash, "batch_rows": batch_rows,
                     "inputs": [str(f) for f in files], "parts": {}, "complete": False}
@@ -207,7 +215,7 @@ def score(
             elif overwrite:
                 shutil.rmtree(output)
             else:
-                raise ScoringError(f"{output} holds scores of another input or model; pass --overwrite or another --output")
+                raise ScoringError(f"{output} holds scores of another input, model or history state; pass --overwrite or another --output")
         elif output.exists() and any(output.iterdir()):
             if not overwrite:
                 raise ScoringError(f"{output} exists and is not a scoring output; pass --overwrite or another --output")

@@ -90,6 +90,26 @@ def test_killed_job_resumes_with_one_row_per_input_row(exported, tmp_path):
     assert set(got["impression_id"].to_list()) == set(want["impression_id"].to_list())
 
 
+def test_another_model_at_the_same_path_is_not_resumed(exported, tmp_path):
+    """Finished parts are reused only by the same model bytes: a model re-exported to the same
+    path (or a moved alias) is refused without --overwrite and rescored with it."""
+    cfg, spec, _, onnx_path = exported
+    path = tmp_path / "m" / "model.onnx"
+    path.parent.mkdir()
+    path.write_bytes(onnx_path.read_bytes())
+    spec.save(path.parent / "feature_spec")
+    score(cfg, str(path), candidates(cfg), tmp_path / "out", batch_rows=1000)
+    first = pl.read_parquet(tmp_path / "out" / "*.parquet")["probs_ctr"]
+    torch.manual_seed(11)
+    export_onnx(build_model(ModelConfig(), TasksConfig(), spec).eval(), spec, path, pq.read_table(cfg.experiment.work_dir / "features/data/validation"))
+    with pytest.raises(ScoringError, match="another input, model or history state"):
+        score(cfg, str(path), candidates(cfg), tmp_path / "out", batch_rows=1000)
+    summary = score(cfg, str(path), candidates(cfg), tmp_path / "out", batch_rows=1000, overwrite=True)
+    second = pl.read_parquet(tmp_path / "out" / "*.parquet")["probs_ctr"]
+    assert summary.skipped_parts == 0 and summary.rows == first.len() == second.len()
+    assert not np.allclose(first.to_numpy(), second.to_numpy())
+
+
 def test_model_exported_with_another_spec_is_refused(exported, tmp_path):
     cfg, spec, _, onnx_path = exported
     other = tmp_path / "m"
