@@ -1,5 +1,6 @@
-"""Batch scoring job: raw impressions -> features (the training transform's code) -> ONNX Runtime
--> Parquet parts. Imports no torch.
+"""Batch scoring job: raw impressions -> features (the training transform's code, with user and
+item features mapped once per job: :mod:`serving.candidates`) -> ONNX Runtime -> Parquet parts.
+Imports no torch.
 
 Output folder::
 
@@ -35,18 +36,11 @@ from recsys_moe.atomic import replacing
 from recsys_moe.config import Config
 from recsys_moe.data.raw import RawTables, load_raw
 from recsys_moe.data.schema import validate_items, validate_users
-from recsys_moe.features.enrich import (
-    CategoryOf,
-    check_join_columns,
-    enrich_candidates,
-    initial_state,
-    joined_columns_only,
-)
+from recsys_moe.features.enrich import check_join_columns, initial_state, joined_columns_only
 from recsys_moe.features.fit import check_sources
 from recsys_moe.features.pointintime import HistoryState
 from recsys_moe.features.spec import FeatureSpec, restore_spec_dir
-from recsys_moe.features.transform import FeatureMapper
-from serving.inputs import onnx_inputs
+from serving.candidates import CandidateInputs
 from serving.session import make_session
 
 KEY_COLUMNS = ("user_id", "item_id", "timestamp")
@@ -222,15 +216,13 @@ def score(
             shutil.rmtree(output)
         output.mkdir(parents=True, exist_ok=True)
 
-        mapper = FeatureMapper(spec)
-        category = CategoryOf(raw.items) if "category" in raw.items.columns else None
+        candidates = CandidateInputs(spec, raw, state)  # user and item features mapped once, here
         task_outputs = session.output_names
 
         def prepare(batch: pa.RecordBatch) -> tuple[pl.DataFrame, dict]:
             """Output keys and model inputs of one batch (runs on the prefetch thread)."""
             rows = pl.from_arrow(pa.Table.from_batches([batch]))
-            feats = mapper.features(enrich_candidates(rows, raw, state, category))[0].to_arrow()
-            return rows.select([c for c in ("impression_id", *KEY_COLUMNS) if c in rows.columns]), onnx_inputs(feats, spec)
+            return rows.select([c for c in ("impression_id", *KEY_COLUMNS) if c in rows.columns]), candidates.inputs(rows)
 
         def unfinished() -> Iterator[tuple[str, pa.RecordBatch, bool]]:
             """(part name, slice of its rows, whether the slice is the part's last) for every part

@@ -140,16 +140,20 @@ def _enriched_days(
         del day_rows  # before the next day is read, not after
 
 
+def with_derived(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with the columns derived from each row alone (:data:`DERIVED_COLUMNS`)."""
+    return rows.with_columns(
+        pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"),
+        pl.col("timestamp").dt.weekday().cast(pl.Int8).alias("weekday"),
+    )
+
+
 def _enrich(
     rows: pl.DataFrame, raw: RawTables, category: CategoryOf | None, state: HistoryState, advance: bool = True,
 ) -> pl.DataFrame:
-    chunk = (
+    chunk = with_derived(
         rows.join(raw.users, on="user_id", how="left", maintain_order="left")
         .join(raw.items, on="item_id", how="left", maintain_order="left")
-        .with_columns(
-            pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"),
-            pl.col("timestamp").dt.weekday().cast(pl.Int8).alias("weekday"),
-        )
     )
     chunk = add_point_in_time(chunk, state) if advance else point_in_time_from_state(chunk, state)
     if category is not None:

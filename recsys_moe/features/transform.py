@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,12 +47,15 @@ class FeatureMapper:
         self.lookups = {name: IdLookup(t) for name, t in spec.tables.items()}
         self._numeric = {f.name: _numeric_exprs(f, spec.numeric_stats[f.name]) for f in spec.features.features if f.kind == "numeric"}
 
-    def features(self, enriched: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
-        """The model-input columns, with per-feature counts (``<name>:null``, ``:oov``, ``:values``)."""
-        numeric = enriched.select([e for exprs in self._numeric.values() for e in exprs])
+    def features(self, enriched: pl.DataFrame, names: Collection[str] | None = None) -> tuple[pl.DataFrame, dict[str, int]]:
+        """The model-input columns (of the features ``names`` only, when given), with per-feature
+        counts (``<name>:null``, ``:oov``, ``:values``). Every feature maps each row on its own, so
+        mapping a subset of rows or features gives the same values as mapping all of them."""
+        wanted = [f for f in self.spec.features.features if names is None or f.name in names]
+        numeric = enriched.select([e for f in wanted if f.kind == "numeric" for e in self._numeric[f.name]])
         cols: list[pl.Series] = []
         counts: dict[str, int] = {}
-        for f in self.spec.features.features:
+        for f in wanted:
             src = enriched[f.source]
             counts[f"{f.name}:null"] = src.null_count()
             if f.kind == "numeric":

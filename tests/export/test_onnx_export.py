@@ -139,7 +139,7 @@ def test_io_binding_path_gives_the_same_outputs(exported):
 
 
 def test_serving_and_scoring_job_import_without_torch():
-    code = "import sys; sys.modules['torch'] = None; import serving.session, serving.inputs, recsys_moe.features, pipelines.batch_scoring; print('ok')"
+    code = "import sys; sys.modules['torch'] = None; import serving.session, serving.inputs, serving.candidates, recsys_moe.features, pipelines.batch_scoring; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
