@@ -119,7 +119,7 @@ class CandidateInputs:
         for f in self.spec.list_features:
             out[f"list_{f}"] = column("lists", f, f)
         dense = np.empty((n, len(self.spec.dense_columns)), np.float32)
-        for j, (c, f) in enumerate(self.dense_owner.items()):
-            dense[:, j] = column("dense", c, f)
+        for j, c in enumerate(self.spec.dense_columns):
+            dense[:, j] = column("dense", c, self.dense_owner[c])
         out["dense"] = dense
         return out
