@@ -216,13 +216,12 @@ def score(
             shutil.rmtree(output)
         output.mkdir(parents=True, exist_ok=True)
 
-        candidates = CandidateInputs(spec, raw, state)  # user and item features mapped once, here
         task_outputs = session.output_names
 
         def prepare(batch: pa.RecordBatch) -> tuple[pl.DataFrame, dict]:
             """Output keys and model inputs of one batch (runs on the prefetch thread)."""
             rows = pl.from_arrow(pa.Table.from_batches([batch]))
-            return rows.select([c for c in ("impression_id", *KEY_COLUMNS) if c in rows.columns]), candidates.inputs(rows)
+            return rows.select([c for c in ("impression_id", *KEY_COLUMNS) if c in rows.columns]), candidates.result().inputs(rows)
 
         def unfinished() -> Iterator[tuple[str, pa.RecordBatch, bool]]:
             """(part name, slice of its rows, whether the slice is the part's last) for every part
@@ -243,6 +242,9 @@ def score(
         # are smaller than parts so that the first model run starts early (the stage before it
         # runs alone); a part is written once all its slices are scored.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="features") as pool:
+            # user and item features are mapped once, first thing on the feature thread, while
+            # this thread reads the first input batch
+            candidates = pool.submit(CandidateInputs, spec, raw, state)
             work = unfinished()
             nxt = next(work, None)
             pending = pool.submit(prepare, nxt[1]) if nxt else None
