@@ -140,11 +140,29 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
 
 
+def _null_count(parquet: pq.ParquetFile, column: str) -> int:
+    """Nulls in a top-level column, from the row groups' statistics when every one has them."""
+    meta = parquet.metadata
+    counts = []
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        stats = next((group.column(j).statistics for j in range(group.num_columns) if group.column(j).path_in_schema == column), None)
+        if stats is None or not stats.has_null_count:
+            return parquet.read(columns=[column]).column(column).null_count
+        counts.append(stats.null_count)
+    return sum(counts)
+
+
 def _check_input(files: list[Path], spec: FeatureSpec, raw: RawTables) -> None:
     for f in files:
-        missing = [c for c in KEY_COLUMNS if c not in pq.read_schema(f).names]
-        if missing:
-            raise ScoringError(f"{f}: column(s) {missing} missing (scoring input needs {list(KEY_COLUMNS)})")
+        with pq.ParquetFile(f) as parquet:
+            missing = [c for c in KEY_COLUMNS if c not in parquet.schema_arrow.names]
+            if missing:
+                raise ScoringError(f"{f}: column(s) {missing} missing (scoring input needs {list(KEY_COLUMNS)})")
+            for c in KEY_COLUMNS:
+                nulls = _null_count(parquet, c)
+                if nulls:
+                    raise ScoringError(f"{f}: column {c!r} has {nulls:,} null value(s); every row to score needs {list(KEY_COLUMNS)}")
     candidates = RawTables(impressions=pl.scan_parquet(files[0]), users=raw.users, items=raw.items, source="scoring input")
     check_join_columns(candidates)
     try:

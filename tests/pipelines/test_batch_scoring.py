@@ -133,6 +133,13 @@ def test_missing_column_empty_input_and_no_input(exported, tmp_path):
     pl.read_parquet(candidates(cfg)).drop("timestamp").write_parquet(both / "b.parquet")
     with pytest.raises(ScoringError, match=r"b.parquet: column\(s\) \['timestamp'\] missing"):
         score(cfg, str(onnx_path), both, tmp_path / "out1")
+    for key, stats in (("user_id", True), ("timestamp", False)):  # with and without Parquet statistics
+        rows = pl.read_parquet(candidates(cfg))
+        rows.with_columns(pl.when(pl.int_range(pl.len()) % 100 == 5).then(None).otherwise(pl.col(key)).alias(key)).write_parquet(
+            tmp_path / f"null_{key}.parquet", statistics=stats)
+        with pytest.raises(ScoringError, match=rf"null_{key}.parquet: column '{key}' has {len(range(5, rows.height, 100))} null value"):
+            score(cfg, str(onnx_path), tmp_path / f"null_{key}.parquet", tmp_path / "out_null")
+    assert not (tmp_path / "out_null").exists()
     pl.read_parquet(candidates(cfg)).head(0).write_parquet(tmp_path / "empty.parquet")
     with pytest.raises(ScoringError, match="no rows"):
         score(cfg, str(onnx_path), tmp_path / "empty.parquet", tmp_path / "out2")
