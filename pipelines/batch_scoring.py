@@ -16,6 +16,7 @@ anything else changed is refused (or starts over with ``--overwrite``).
 
 from __future__ import annotations
 
+import datetime as dt
 import glob
 import hashlib
 import json
@@ -58,6 +59,8 @@ class ScoreSummary:
     rows: int = 0
     parts: int = 0
     skipped_parts: int = 0
+    rows_before_state: int = 0
+    """Rows scored (this run) with a timestamp before the history state's last event."""
     seconds: float = 0.0
     provider: str = ""
     model_version: str = ""
@@ -239,6 +242,9 @@ def score(
         def prepare(batch: pa.RecordBatch) -> tuple[pl.DataFrame, dict]:
             """Output keys and model inputs of one batch (runs on the prefetch thread)."""
             rows = pl.from_arrow(pa.Table.from_batches([batch]))
+            if state.last_ts_ms is not None:
+                ms = pl.col("timestamp").dt.cast_time_unit("ms").cast(pl.Int64)
+                summary.rows_before_state += rows.select((ms < state.last_ts_ms).sum()).item()
             return rows.select([c for c in ("impression_id", *KEY_COLUMNS) if c in rows.columns]), candidates.result().inputs(rows)
 
         def unfinished() -> Iterator[tuple[str, pa.RecordBatch, bool]]:
@@ -291,6 +297,13 @@ def score(
                     on_rows(out.height)
         if summary.rows == 0:
             raise ScoringError(f"{input_path}: the input has no rows")
+        if summary.rows_before_state:
+            end = dt.datetime.fromtimestamp(state.last_ts_ms / 1000, dt.UTC).isoformat(timespec="seconds")
+            summary.notes.append(
+                f"{summary.rows_before_state:,} scored rows are earlier than the history state's last event ({end}): "
+                "their history features and counters include later events, possibly their own outcomes, so do not "
+                "measure these scores against the rows' labels (`recsys-moe evaluate` does that point in time)"
+            )
         manifest["complete"] = True
         manifest["rows"] = summary.rows
         _write_atomic(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))

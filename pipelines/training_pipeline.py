@@ -179,6 +179,8 @@ class _Run:
         candidates = self.cfg.pipeline.candidates or str(self._candidates())
         summary = score(self.cfg, f"models:/{self.name}/{version}", candidates, self.run_dir / "scores",
                         state_dir=self.run_dir / "features" / "data" / "state", overwrite=self.force)
+        for note in summary.notes:
+            self.say(f"score: {note}")
         return {"version": version, "rows": summary.rows, "output": str(summary.output), "provider": summary.provider}
 
     def _candidates(self) -> Path:

@@ -54,6 +54,10 @@ def test_scores_equal_torch_on_the_same_raw_rows(exported, tmp_path, monkeypatch
     raw_rows = pl.read_parquet(candidates(cfg))
     got = pl.read_parquet(tmp_path / "out" / "*.parquet")
     assert summary.rows == got.height == raw_rows.height and summary.provider == "CPUExecutionProvider"
+    # the candidates' day is inside the transformed log, so the state has seen later events
+    # (the state ends at the log's last event: the candidates' last timestamp)
+    before = raw_rows.filter(pl.col("timestamp") < pl.col("timestamp").max()).height
+    assert summary.rows_before_state == before > 0 and "earlier than the history state" in summary.notes[-1]
     assert got["impression_id"].to_list() == raw_rows["impression_id"].to_list()
     manifest = json.loads((tmp_path / "out/MANIFEST.json").read_text())
     assert manifest["complete"] and sum(manifest["parts"].values()) == raw_rows.height
@@ -108,6 +112,14 @@ def test_another_model_at_the_same_path_is_not_resumed(exported, tmp_path):
     second = pl.read_parquet(tmp_path / "out" / "*.parquet")["probs_ctr"]
     assert summary.skipped_parts == 0 and summary.rows == first.len() == second.len()
     assert not np.allclose(first.to_numpy(), second.to_numpy())
+
+
+def test_no_note_for_candidates_after_the_state(exported, tmp_path):
+    cfg, _, _, onnx_path = exported
+    later = pl.read_parquet(candidates(cfg)).with_columns(pl.col("timestamp") + pl.duration(days=30))
+    later.write_parquet(tmp_path / "tomorrow.parquet")
+    summary = score(cfg, str(onnx_path), tmp_path / "tomorrow.parquet", tmp_path / "out")
+    assert summary.rows == later.height and summary.rows_before_state == 0 and summary.notes == []
 
 
 def test_model_exported_with_another_spec_is_refused(exported, tmp_path):
