@@ -3,13 +3,15 @@
 The model is the default KuaiRand MMoE (configs/kuairand.yaml) built on a FeatureSpec fitted on
 KuaiRand's train window; weights are random (throughput does not depend on them). Inputs are
 real KuaiRand test rows, repeated to fill the largest batch. Batch sizes 512, 4096 and 32768;
-four engines:
+five engines:
 
 - ``torch_torchrec``: the trained model's own forward (KeyedJaggedTensor -> EmbeddingBagCollection);
 - ``torch_twin``: the export twin in torch eager (padded ids, same graph as the ONNX file);
 - ``ort_default``: ONNX Runtime with default session options;
-- ``ort_tuned``: serving.session.make_session (all graph optimisations, intra-op threads = cores,
-  sequential execution).
+- ``ort_tuned``: ``serving.session.make_session(...).run``, what the scoring and evaluation jobs
+  call: all graph optimisations, row chunks of up to 2,048 run two at a time on single-threaded runs;
+- ``torch_torchrec_chunks``: torch given the same scheme (one intra-op thread, chunks of up to
+  2,048 rows forwarded on two Python threads), timed with glibc's heap kept only (below).
 
 Each engine is timed in its own fresh process, as a deployment runs one of them, and the
 repeats go round-robin over the engines so that drift in the machine's speed hits all alike.
@@ -17,9 +19,9 @@ repeats go round-robin over the engines so that drift in the machine's speed hit
 through glibc malloc, whose dynamic mmap threshold depends on what ran before, and torch at
 4,096 rows measured anywhere from 200k to 400k rows/s with that history.) A figure is the
 median over ``--repeats`` processes of rows/s over ``--iters`` batches after a warm-up; the
-spread (min-max over the processes) is kept beside it. The two torch engines run a second time
-with glibc's mmap threshold fixed at 32 MiB (``*_keep_heap``, through ``GLIBC_TUNABLES``), which
-is torch's best case here; ORT, with its own memory arena, does not care. Input preparation is excluded
+spread (min-max over the processes) is kept beside it. The torch engines run (again) with
+glibc's mmap threshold fixed at 32 MiB (``*_keep_heap``, through ``GLIBC_TUNABLES``), torch's
+best cases here; ORT, with its own memory arena, does not care. Input preparation is excluded
 (model-only). Writes benchmarks/results/onnx.json.
 
     python benchmarks/bench_onnx.py [--repeats 5] [--iters 20]
@@ -43,12 +45,13 @@ from common import machine, write_results  # noqa: E402
 
 KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
 BATCHES = (512, 4096, 32768)
-ENGINES = ("torch_torchrec", "torch_twin", "ort_default", "ort_tuned")
+ENGINES = ("torch_torchrec", "torch_twin", "ort_default", "ort_tuned", "torch_torchrec_chunks")
 # torch again with glibc's mmap threshold fixed high, so its large temporaries are reused from the
 # heap instead of being mapped and faulted in on every call: torch's best case on this machine.
 KEEP_HEAP = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456"
-RUNS = {**{e: (e, None) for e in ENGINES}, "torch_torchrec_keep_heap": ("torch_torchrec", KEEP_HEAP),
-        "torch_twin_keep_heap": ("torch_twin", KEEP_HEAP)}
+RUNS = {**{e: (e, None) for e in ENGINES[:4]}, "torch_torchrec_keep_heap": ("torch_torchrec", KEEP_HEAP),
+        "torch_twin_keep_heap": ("torch_twin", KEEP_HEAP),
+        "torch_torchrec_chunks_keep_heap": ("torch_torchrec_chunks", KEEP_HEAP)}
 
 
 def _config(work: Path):
@@ -98,12 +101,15 @@ def worker(engine: str, work: Path, iters: int) -> dict[int, float]:
 
         from serving.session import make_session
 
-        session = (ort.InferenceSession(str(work / "model.onnx"), providers=["CPUExecutionProvider"])
-                   if engine == "ort_default" else make_session(work / "model.onnx", providers="cpu").session)
+        if engine == "ort_default":
+            session = ort.InferenceSession(str(work / "model.onnx"), providers=["CPUExecutionProvider"])
+            run = lambda feeds: session.run(None, feeds)  # noqa: E731
+        else:  # what the scoring and evaluation jobs call
+            run = make_session(work / "model.onnx", providers="cpu").run
 
         def make(rows):
             feeds = onnx_inputs(rows, spec)
-            return lambda: session.run(None, feeds)
+            return lambda: run(feeds)
     else:
         import torch
 
@@ -117,11 +123,29 @@ def worker(engine: str, work: Path, iters: int) -> dict[int, float]:
         model.load_state_dict(torch.load(work / "model.pt", weights_only=True))
         twin = OnnxTwin(model, spec).eval()
 
+        if engine == "torch_torchrec_chunks":  # the serving session's scheme, in torch
+            from concurrent.futures import ThreadPoolExecutor
+
+            from serving.session import CPU_CHUNK_ROWS
+
+            workers = torch.get_num_threads()
+            torch.set_num_threads(1)
+            pool = ThreadPoolExecutor(workers)
+
+            def forward(batch):
+                with torch.no_grad():  # grad mode is per thread
+                    return model(batch.sparse, batch.dense)
+
         def make(rows):
             if engine == "torch_twin":
                 feeds = onnx_inputs(rows, spec)
                 args = tuple(torch.from_numpy(feeds[n]) for n in twin.input_names)
                 return lambda: twin(*args)
+            if engine == "torch_torchrec_chunks":
+                size = min(CPU_CHUNK_ROWS, -(-rows.num_rows // workers))
+                chunks = [ColumnarSplit(spec, rows.slice(i, size), "bench", label_columns=()).batch(torch.arange(min(size, rows.num_rows - i)))
+                          for i in range(0, rows.num_rows, size)]
+                return lambda: list(pool.map(forward, chunks))
             batch = ColumnarSplit(spec, rows, "bench", label_columns=()).batch(torch.arange(rows.num_rows))
             return lambda: model(batch.sparse, batch.dense)
 

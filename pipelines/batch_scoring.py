@@ -186,7 +186,7 @@ def score(
     with tempfile.TemporaryDirectory() as cache_name:
         onnx_path, spec_dir, label = resolve_model(cfg, model, Path(cache_name))
         spec = FeatureSpec.load(spec_dir)
-        session = make_session(onnx_path, providers, spin=False)  # features run on the other thread
+        session = make_session(onnx_path, providers, spin=False)  # (spin: when ORT runs intra-op threads)
         meta = session.metadata()
         if meta.get("spec_hash") != spec.content_hash:
             raise ScoringError(

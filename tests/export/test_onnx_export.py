@@ -114,15 +114,24 @@ def test_session_runs_on_cpu_here(exported):
     assert [o.shape for o in out] == [(3,)] * 3
 
 
-def test_chunked_run_equals_one_run(exported):
+@pytest.mark.parametrize("parallel", [True, False])
+def test_chunked_run_equals_one_run(exported, parallel):
+    """Row chunks, run two at a time on single-threaded runs or one after another on intra-op
+    threads, give the outputs of one run over all rows, in row order."""
     _, spec, cfg, path, _ = exported
-    s = make_session(path)
+    s = make_session(path, threads=2, parallel_chunks=parallel)
+    assert s.workers == (2 if parallel else 1)
+    assert s.session.get_session_options().intra_op_num_threads == (1 if parallel else 2)
+    one = make_session(path, threads=1)
     feeds = onnx_inputs(rows(cfg, "test").slice(0, 1000), spec)
-    whole = s.session.run(None, feeds)
-    chunked = s.run(feeds, chunk_rows=300)  # 4 chunks, the last one short
-    assert [c.shape for c in chunked] == [(1000,)] * 3
-    for a, b in zip(whole, chunked, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    whole = one.session.run(None, feeds)
+    for chunk_rows in (300, None):  # 4 chunks, the last one short; the default: 2 x 500 in parallel
+        chunked = s.run(feeds, chunk_rows=chunk_rows)
+        assert [c.shape for c in chunked] == [(1000,)] * 3
+        for a, b in zip(whole, chunked, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    small = s.run({k: v[:3] for k, v in feeds.items()})  # 3 rows: chunks of 2 and 1
+    np.testing.assert_allclose(small[0], whole[0][:3], rtol=1e-6, atol=1e-7)
 
 
 def test_io_binding_path_gives_the_same_outputs(exported):
