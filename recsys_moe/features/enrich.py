@@ -81,12 +81,14 @@ class Replay:
     the last day yielded (what a later job continues from). The state passed in is advanced in
     place: pass ``state.copy()`` to keep the original."""
 
-    def __init__(self, raw: RawTables, state: HistoryState, chunk_rows: int = 65_536):
-        self.raw, self.state, self.chunk_rows = raw, state, chunk_rows
+    def __init__(self, raw: RawTables, state: HistoryState, chunk_rows: int = 65_536, joins: bool = True):
+        self.raw, self.state, self.chunk_rows, self.joins = raw, state, chunk_rows, joins
 
     def days(self, last_day: dt.date | None = None) -> Iterator[tuple[dt.date, pl.DataFrame]]:
-        """Yield (day, enriched rows) up to ``last_day``; rows keep their time order."""
-        yield from _enriched_days(self.raw, self.state, self.chunk_rows, last_day)
+        """Yield (day, enriched rows) up to ``last_day``; rows keep their time order. Without
+        ``joins``, the users' and items' columns are left out (for a caller that takes them from
+        :class:`~recsys_moe.features.entities.EntityAttributes`)."""
+        yield from _enriched_days(self.raw, self.state, self.chunk_rows, last_day, self.joins)
 
 
 class CategoryOf:
@@ -118,7 +120,7 @@ def slice_bounds(ts: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
 
 
 def _enriched_days(
-    raw: RawTables, state: HistoryState, chunk_rows: int, last_day: dt.date | None = None,
+    raw: RawTables, state: HistoryState, chunk_rows: int, last_day: dt.date | None = None, joins: bool = True,
 ) -> Iterator[tuple[dt.date, pl.DataFrame]]:
     check_join_columns(raw)
     dtype = raw.impressions.collect_schema()["timestamp"]
@@ -136,7 +138,7 @@ def _enriched_days(
             day_rows = day_rows.sort("timestamp", maintain_order=True)
         ts = day_rows["timestamp"].dt.cast_time_unit("ms").cast(pl.Int64).to_numpy()
         for a, b in slice_bounds(ts, chunk_rows):
-            yield day, _enrich(day_rows[a:b], raw, category, state)
+            yield day, _enrich(day_rows[a:b], raw, category, state, joins=joins)
         del day_rows  # before the next day is read, not after
 
 
@@ -150,11 +152,12 @@ def with_derived(rows: pl.DataFrame) -> pl.DataFrame:
 
 def _enrich(
     rows: pl.DataFrame, raw: RawTables, category: CategoryOf | None, state: HistoryState, advance: bool = True,
+    joins: bool = True,
 ) -> pl.DataFrame:
-    chunk = with_derived(
-        rows.join(raw.users, on="user_id", how="left", maintain_order="left")
-        .join(raw.items, on="item_id", how="left", maintain_order="left")
-    )
+    if joins:
+        rows = (rows.join(raw.users, on="user_id", how="left", maintain_order="left")
+                .join(raw.items, on="item_id", how="left", maintain_order="left"))
+    chunk = with_derived(rows)
     chunk = add_point_in_time(chunk, state) if advance else point_in_time_from_state(chunk, state)
     if category is not None:
         chunk = chunk.with_columns(category.of_lists(chunk["hist_click_items"], "hist_click_categories"))

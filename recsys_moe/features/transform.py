@@ -20,6 +20,7 @@ from recsys_moe.atomic import replacing
 from recsys_moe.config import FeatureDef, SplitConfig
 from recsys_moe.data.raw import RawTables
 from recsys_moe.features.enrich import Replay, initial_state, joined_columns_only
+from recsys_moe.features.entities import EntityAttributes
 from recsys_moe.features.fit import FeatureError, check_sources, numeric_pre_standardize
 from recsys_moe.features.lookup import IdLookup
 from recsys_moe.features.pointintime import HistoryState
@@ -67,9 +68,28 @@ class FeatureMapper:
             counts[f"{f.name}:oov"], counts[f"{f.name}:values"] = m.oov, m.values
         return pl.DataFrame(cols), counts
 
-    def apply(self, enriched: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
-        """Model-ready rows (ids, features, labels) from enriched rows, with per-feature counts."""
-        feats, counts = self.features(enriched)
+    @property
+    def feature_columns(self) -> list[str]:
+        """The columns :meth:`features` returns, in order."""
+        cols = []
+        for f in self.spec.features.features:
+            cols.append(f.name)
+            if f.kind == "numeric" and f.missing_indicator:
+                cols.append(f"{f.name}__missing")
+        return cols
+
+    def apply(self, enriched: pl.DataFrame, entities: EntityAttributes | None = None) -> tuple[pl.DataFrame, dict[str, int]]:
+        """Model-ready rows (ids, features, labels) from enriched rows, with per-feature counts.
+
+        With ``entities``, the user and item attribute features are taken from their tables'
+        mapped rows (``enriched`` then needs no users/items columns): the same values and counts."""
+        if entities is None:
+            feats, counts = self.features(enriched)
+        else:
+            own, counts = self.features(enriched, {f.name for f in self.spec.features.features} - entities.features)
+            taken, taken_counts = entities.take(enriched)
+            counts.update(taken_counts)
+            feats = pl.concat([own, taken], how="horizontal").select(self.feature_columns)
         meta = enriched.select(
             "impression_id",
             "timestamp",
@@ -146,24 +166,29 @@ def transform(
     summary = TransformSummary(out_dir=out_dir, rows_out=dict.fromkeys(windows, 0))
     parts = dict.fromkeys(windows, 0)
     hist = spec.features.history
-    replay = Replay(raw, state or initial_state(raw, hist.max_len, hist.long_watch_s), chunk_rows or spec.features.chunk_rows)
+    # user and item attributes are mapped once per table row (EntityAttributes), so the replay
+    # does not join them onto every impression
+    replay = Replay(raw, state or initial_state(raw, hist.max_len, hist.long_watch_s), chunk_rows or spec.features.chunk_rows,
+                    joins=False)
     mapper = FeatureMapper(spec)
-    with replacing(out_dir) as tmp, ThreadPoolExecutor(1, thread_name_prefix="map-and-write") as writer:
+    entities = EntityAttributes(mapper, raw.users, raw.items)
+    with replacing(out_dir) as tmp, ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
         for name in windows:
             (tmp / name).mkdir(parents=True)
         last = max(w.end for w in windows.values())
 
-        def map_and_write(chunk: pl.DataFrame, split_name: str, path: Path) -> None:
-            rows, counts = mapper.apply(chunk)
+        def write(mapped: tuple[pl.DataFrame, dict[str, int]], split_name: str, path: Path) -> None:
+            rows, counts = mapped
             rows.write_parquet(path, compression=compression)
             for k, v in counts.items():
                 summary.counts[k] = summary.counts.get(k, 0) + v
             summary.rows_out[split_name] += rows.height
 
-        # The replay is sequential (each chunk advances the history); mapping a replayed chunk to
-        # model inputs and writing it are not, so they run on a second thread while the next chunk
-        # is replayed (numpy and Polars release the GIL). At most one chunk is in flight, so
-        # memory holds one extra chunk.
+        # The replay is sequential (each chunk advances the history); writing a mapped chunk is
+        # not, so it runs on a second thread while the next chunk is replayed and mapped (numpy and
+        # Polars release the GIL). With the mapping on that thread too, it was the slower of the
+        # two: 10M rows took 20.5 s instead of 19.2. At most one chunk is in flight, so memory
+        # holds one extra chunk.
         pending: Future | None = None
         for day, chunk in replay.days(last_day=last):
             summary.rows_in += chunk.height
@@ -172,10 +197,11 @@ def transform(
                 on_day(str(day), chunk.height)
             if split_name is None or not chunk.height:
                 continue
+            path = tmp / split_name / f"part-{parts[split_name]:05d}.parquet"
+            mapped = mapper.apply(chunk, entities)
             if pending is not None:
                 pending.result()
-            path = tmp / split_name / f"part-{parts[split_name]:05d}.parquet"
-            pending = writer.submit(map_and_write, chunk, split_name, path)
+            pending = writer.submit(write, mapped, split_name, path)
             parts[split_name] += 1
             del chunk  # else it stays alive while the next chunk is built
         if pending is not None:
