@@ -124,10 +124,11 @@ class HistoryConfig(_Section):
 
 class FeaturesConfig(_Section):
     history: HistoryConfig = HistoryConfig()
-    chunk_rows: PositiveInt = 65_536
+    chunk_rows: PositiveInt = 49_152
     """Rows replayed at a time (a day is split at timestamp changes); bounds transform memory.
-    64k rows: peak RSS stays within 1.5x from 1M to 10M synthetic rows (200k rows: 2x) at about
-    a fifth less speed (benchmarks/bench_features.py)."""
+    Peak RSS at 10M synthetic rows over that at 1M (benchmarks/bench_features.py): 2x with 200k
+    rows, 1.53x with 64k, 1.41x with 48k (2% slower at 10M than 64k), 1.35x with 32k (8% slower).
+    A 10M log's chunks weigh more than a 1M log's: its users' history lists are full."""
     features: list[FeatureDef] = []
 
     @model_validator(mode="after")

@@ -81,7 +81,7 @@ class Replay:
     the last day yielded (what a later job continues from). The state passed in is advanced in
     place: pass ``state.copy()`` to keep the original."""
 
-    def __init__(self, raw: RawTables, state: HistoryState, chunk_rows: int = 65_536, joins: bool = True):
+    def __init__(self, raw: RawTables, state: HistoryState, chunk_rows: int = 49_152, joins: bool = True):
         self.raw, self.state, self.chunk_rows, self.joins = raw, state, chunk_rows, joins
 
     def days(self, last_day: dt.date | None = None) -> Iterator[tuple[dt.date, pl.DataFrame]]:
