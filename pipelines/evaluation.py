@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -225,6 +226,8 @@ def evaluate(cfg: Config, model: str, compare: Sequence[str] = (), split: str | 
     base_data = Path(data_dir or cfg.experiment.work_dir / "features" / "data")
     notes: list[str] = []
     start = time.perf_counter()
+    # matplotlib takes 0.7 s to import; the report needs it last, so it loads meanwhile
+    threading.Thread(target=plots.load_matplotlib, name="import-matplotlib", daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp_name:
         cache = Path(tmp_name)
         step(f"loading {model}")

@@ -142,13 +142,23 @@ class OnnxPredictor:
         return cls(label or str(onnx_path), spec, kinds, meta.get("trained_run_id") or None, session, outputs)
 
     def predict(self, table: pa.Table) -> ModelPredictions:
+        from concurrent.futures import ThreadPoolExecutor
+
         from serving.inputs import onnx_inputs
 
         names = list(self.outputs.values())
         outs: dict[str, list[np.ndarray]] = {t: [] for t in self.outputs}
-        for start in range(0, table.num_rows, self.batch_rows):
-            feeds = onnx_inputs(table.slice(start, self.batch_rows), self.spec)
-            got = self.session.run(feeds, names)
-            for t, arr in zip(self.outputs, got, strict=True):
-                outs[t].append(np.asarray(arr, dtype=np.float64).reshape(-1))
+        def inputs(start: int) -> dict[str, np.ndarray]:
+            return onnx_inputs(table.slice(start, self.batch_rows), self.spec)
+
+        # the next batch's inputs are built on a thread while ONNX Runtime scores this one
+        with ThreadPoolExecutor(1, thread_name_prefix="inputs") as pool:
+            pending = pool.submit(inputs, 0) if table.num_rows else None
+            for start in range(0, table.num_rows, self.batch_rows):
+                feeds = pending.result()
+                nxt = start + self.batch_rows
+                pending = pool.submit(inputs, nxt) if nxt < table.num_rows else None
+                got = self.session.run(feeds, names)
+                for t, arr in zip(self.outputs, got, strict=True):
+                    outs[t].append(np.asarray(arr, dtype=np.float64).reshape(-1))
         return ModelPredictions({t: np.concatenate(v) for t, v in outs.items()})
