@@ -46,7 +46,7 @@ from serving.session import make_session
 
 KEY_COLUMNS = ("user_id", "item_id", "timestamp")
 SLICE_ROWS = 16_384
-"""Rows prepared and scored at a time inside a part (a multiple of the session's 8,192-row chunks)."""
+"""Rows prepared and scored at a time inside a part (on CPU, eight of the session's 2,048-row chunks)."""
 
 
 class ScoringError(ValueError):

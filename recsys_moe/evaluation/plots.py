@@ -18,7 +18,6 @@ def load_matplotlib():
     return plt
 
 
-
 def reliability(curves: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
     """Mean predicted vs observed rate per probability bin, one line per model; point size ~ rows."""
     plt = load_matplotlib()

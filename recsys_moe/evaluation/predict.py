@@ -148,6 +148,7 @@ class OnnxPredictor:
 
         names = list(self.outputs.values())
         outs: dict[str, list[np.ndarray]] = {t: [] for t in self.outputs}
+
         def inputs(start: int) -> dict[str, np.ndarray]:
             return onnx_inputs(table.slice(start, self.batch_rows), self.spec)
 
