@@ -126,7 +126,7 @@ def worker(engine: str, work: Path, iters: int) -> dict[int, float]:
         if engine == "torch_torchrec_chunks":  # the serving session's scheme, in torch
             from concurrent.futures import ThreadPoolExecutor
 
-            from serving.session import CPU_CHUNK_ROWS
+            from serving.session import parallel_chunk_rows
 
             workers = torch.get_num_threads()
             torch.set_num_threads(1)
@@ -142,7 +142,7 @@ def worker(engine: str, work: Path, iters: int) -> dict[int, float]:
                 args = tuple(torch.from_numpy(feeds[n]) for n in twin.input_names)
                 return lambda: twin(*args)
             if engine == "torch_torchrec_chunks":
-                size = min(CPU_CHUNK_ROWS, -(-rows.num_rows // workers))
+                size = parallel_chunk_rows(rows.num_rows, workers)
                 chunks = [ColumnarSplit(spec, rows.slice(i, size), "bench", label_columns=()).batch(torch.arange(min(size, rows.num_rows - i)))
                           for i in range(0, rows.num_rows, size)]
                 return lambda: list(pool.map(forward, chunks))

@@ -23,6 +23,7 @@ import polars as pl
 
 from recsys_moe.data.raw import RawTables
 from recsys_moe.features.enrich import CategoryOf, enrich_candidates, with_derived
+from recsys_moe.features.entities import ENTITY_KEYS, attribute_sources
 from recsys_moe.features.keyindex import KeyIndex
 from recsys_moe.features.lookup import numpy_of
 from recsys_moe.features.pointintime import COUNTER_COLUMNS, LIST_COLUMNS, HistoryState
@@ -30,7 +31,7 @@ from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.features.transform import FeatureMapper
 from serving.inputs import padded_ids
 
-ENTITIES = ("user", "item")
+ENTITIES = tuple(ENTITY_KEYS)
 
 
 @dataclasses.dataclass
@@ -48,10 +49,10 @@ def dense_owners(spec: FeatureSpec) -> dict[str, str]:
             for c in (f.name, f"{f.name}__missing") if c in spec.dense_columns}
 
 
-def _arrays(frame: pl.DataFrame, spec: FeatureSpec, names: set[str]) -> _Arrays:
+def _arrays(frame: pl.DataFrame, spec: FeatureSpec, names: set[str], owners: dict[str, str]) -> _Arrays:
     ids = {f: numpy_of(frame[f].to_arrow()).astype(np.int64, copy=False) for f in spec.id_features if f in names}
     lists = {f: padded_ids(frame[f].to_arrow(), spec.feature(f).max_len) for f in spec.list_features if f in names}
-    dense = {c: frame[c].to_numpy().astype(np.float32, copy=False) for c, f in dense_owners(spec).items() if f in names}
+    dense = {c: frame[c].to_numpy().astype(np.float32, copy=False) for c, f in owners.items() if f in names}
     return _Arrays(ids, lists, dense)
 
 
@@ -62,10 +63,11 @@ class CandidateInputs:
     def __init__(self, spec: FeatureSpec, raw: RawTables, state: HistoryState, mapper: FeatureMapper | None = None):
         self.spec = spec
         self.mapper = mapper or FeatureMapper(spec)
+        self.dense_owner = dense_owners(spec)
         pit = {"user": {*LIST_COLUMNS, "hist_click_categories", *(c for c in COUNTER_COLUMNS if c.startswith("user_"))},
                "item": {c for c in COUNTER_COLUMNS if c.startswith("item_")}}
-        sources = {"user": (set(raw.users.columns) - {"user_id"}) | pit["user"],
-                   "item": (set(raw.items.columns) - {"item_id"}) | pit["item"]}
+        sources = {"user": attribute_sources(raw.users, "user") | pit["user"],
+                   "item": attribute_sources(raw.items, "item") | pit["item"]}
         self.scope: dict[str, str] = {}
         for f in spec.features.features:
             self.scope[f.name] = next((e for e in ENTITIES if f.source in sources[e]), "row")
@@ -91,9 +93,8 @@ class CandidateInputs:
             })
             names = {n for n, s in self.scope.items() if s == entity}
             feats = self.mapper.features(enrich_candidates(frame, raw, state, category), names)[0] if names else pl.DataFrame()
-            self.arrays[entity] = _arrays(feats, spec, names)
+            self.arrays[entity] = _arrays(feats, spec, names, self.dense_owner)
         self.row_features = {n for n, s in self.scope.items() if s == "row"}
-        self.dense_owner = dense_owners(spec)
 
     def _rows(self, entity: str, keys: pl.Series) -> np.ndarray:
         rows = self.index[entity].rows(keys.cast(pl.Int64).to_numpy())
@@ -104,7 +105,7 @@ class CandidateInputs:
         """The twin's inputs (``ids``, ``list_<name>``, ``dense``) for ``rows``, in their order."""
         at = {"user": self._rows("user", rows["user_id"]), "item": self._rows("item", rows["item_id"])}
         own = self.mapper.features(with_derived(rows), self.row_features)[0]
-        arrays = {**{e: self.arrays[e] for e in ENTITIES}, "row": _arrays(own, self.spec, self.row_features)}
+        arrays = {**{e: self.arrays[e] for e in ENTITIES}, "row": _arrays(own, self.spec, self.row_features, self.dense_owner)}
 
         def column(kind: str, name: str, feature: str) -> np.ndarray:
             scope = self.scope[feature]

@@ -66,6 +66,12 @@ CPU_CHUNK_ROWS = 2048
 """Rows per ONNX Runtime call on CPU, where the session's threads each run their own chunks."""
 
 
+def parallel_chunk_rows(rows: int, workers: int, chunk_rows: int = CPU_CHUNK_ROWS) -> int:
+    """Rows per chunk when ``rows`` are spread over ``workers`` threads: at most ``chunk_rows``,
+    and small enough that every worker gets rows, even on a small batch."""
+    return min(chunk_rows, -(-rows // workers))
+
+
 @dataclass
 class Session:
     session: ort.InferenceSession
@@ -99,9 +105,10 @@ class Session:
         on CPU, where the chunks run ``workers`` at a time, each single-threaded; 8,192 otherwise).
         Rows are independent, so chunking changes no value."""
         rows = next(iter(feeds.values())).shape[0]
-        size = chunk_rows or (CPU_CHUNK_ROWS if self._pool is not None else 8192)
         if self._pool is not None:
-            size = min(size, -(-rows // self.workers))  # every worker gets rows, even on a small batch
+            size = parallel_chunk_rows(rows, self.workers, chunk_rows or CPU_CHUNK_ROWS)
+        else:
+            size = chunk_rows or 8192
         if rows <= size:
             return self._run(feeds, names)
         chunks = [{k: v[i: i + size] for k, v in feeds.items()} for i in range(0, rows, size)]

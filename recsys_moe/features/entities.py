@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 ENTITY_KEYS = {"user": "user_id", "item": "item_id"}
 
 
+def attribute_sources(table: pl.DataFrame, entity: str) -> set[str]:
+    """The columns of a users or items table that features may read as attributes: all but the key."""
+    return set(table.columns) - {ENTITY_KEYS[entity]}
+
+
 class _Table:
     """One entity table's attribute features, mapped: ``columns`` has one row per table row plus
     the all-null row last; ``counts`` one value per row and summary key."""
@@ -67,10 +72,10 @@ class EntityAttributes:
     def __init__(self, mapper: FeatureMapper, users: pl.DataFrame, items: pl.DataFrame):
         self.tables: dict[str, _Table] = {}
         for entity, table in (("user", users), ("item", items)):
-            key = ENTITY_KEYS[entity]
-            names = [f.name for f in mapper.spec.features.features if f.source in table.columns and f.source != key]
+            sources = attribute_sources(table, entity)
+            names = [f.name for f in mapper.spec.features.features if f.source in sources]
             if names:
-                self.tables[entity] = _Table(mapper, table, key, names)
+                self.tables[entity] = _Table(mapper, table, ENTITY_KEYS[entity], names)
         self.features = {n for t in self.tables.values() for n in t.names}
         """The features mapped here (by name)."""
 
