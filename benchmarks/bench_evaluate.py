@@ -88,11 +88,11 @@ def main() -> None:
         timings: dict[str, list[float]] = {"evaluate_onnx": [], "evaluate_torch": [], "score_onnx": []}
         for _ in range(args.repeats):
             for name, model_arg in (("evaluate_onnx", work / "export/model.onnx"), ("evaluate_torch", work / "model")):
-                secs, _ = run_cli("evaluate", "-c", "configs/synthetic.yaml", *flags, "-m", str(model_arg),
-                                  "-o", str(work / f"eval_{name}"), "--no-track")
+                secs = run_cli("evaluate", "-c", "configs/synthetic.yaml", *flags, "-m", str(model_arg),
+                             "-o", str(work / f"eval_{name}"), "--no-track").seconds
                 timings[name].append(secs)
-            secs, _ = run_cli("score", "-c", "configs/synthetic.yaml", *flags, "--model", str(work / "export/model.onnx"),
-                              "--input", str(raw_test), "--output", str(work / "scores"), "--overwrite")
+            secs = run_cli("score", "-c", "configs/synthetic.yaml", *flags, "--model", str(work / "export/model.onnx"),
+                         "--input", str(raw_test), "--output", str(work / "scores"), "--overwrite").seconds
             shutil.rmtree(work / "scores")
             timings["score_onnx"].append(secs)
     med = {k: statistics.median(v) for k, v in timings.items()}

@@ -3,7 +3,13 @@
 For each dataset: generate (synthetic) or read (KuaiRand) the raw tables, fit the spec once, then
 run `recsys-moe features transform` in fresh processes. Rows/s counts every impression replayed
 (rows in) over the whole command's wall time, Parquet IO included; peak RSS is the process's
-maximum resident set. Prints a table and writes benchmarks/results/features.json.
+maximum resident set; CPU seconds are the command's user + system time over all its threads.
+
+Then the encoder floor: the largest synthetic output's first ``--floor-rows`` rows are read back
+and written again, timed alone, exactly as the transform writes its parts (Polars, the same
+codec), one part per core at a time. That is the best rows/s the transform could reach on this
+machine if reading, replaying and mapping cost nothing. Prints a table and writes
+benchmarks/results/features.json.
 
     python benchmarks/bench_features.py [--sizes 1000000 10000000] [--repeats 3] [--no-kuairand]
 """
@@ -11,15 +17,22 @@ maximum resident set. Prints a table and writes benchmarks/results/features.json
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import machine, run_cli, write_results  # noqa: E402
+
+from recsys_moe.features.transform import PARQUET_COMPRESSION  # noqa: E402
 
 KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
 
@@ -30,15 +43,52 @@ def bench(name: str, config: str, sets: list[str], rows: int, repeats: int, tmp:
     run_cli("features", "fit", *common, "-o", str(spec))
     runs = []
     for _ in range(repeats):
-        secs, rss = run_cli("features", "transform", *common, "--spec", str(spec), "-o", str(tmp / f"{name}-out"), "--overwrite")
-        runs.append({"seconds": secs, "rows_per_s": rows / secs, "peak_rss_mib": rss})
+        run = run_cli("features", "transform", *common, "--spec", str(spec), "-o", str(tmp / f"{name}-out"), "--overwrite")
+        runs.append({"seconds": run.seconds, "rows_per_s": rows / run.seconds, "peak_rss_mib": run.peak_rss_mib,
+                     "cpu_s_per_m_rows": run.cpu_s / rows * 1e6})
     res = {
         "dataset": name, "rows": rows,
         "rows_per_s_median": statistics.median(r["rows_per_s"] for r in runs),
         "peak_rss_mib_median": statistics.median(r["peak_rss_mib"] for r in runs),
+        "cpu_s_per_m_rows_median": statistics.median(r["cpu_s_per_m_rows"] for r in runs),
         "runs": runs,
     }
-    print(f"{name:>16} {rows:>12,} rows  {res['rows_per_s_median']:>10,.0f} rows/s  peak RSS {res['peak_rss_mib_median']:,.0f} MiB", flush=True)
+    print(f"{name:>16} {rows:>12,} rows  {res['rows_per_s_median']:>10,.0f} rows/s  peak RSS {res['peak_rss_mib_median']:,.0f} MiB"
+          f"  {res['cpu_s_per_m_rows_median']:.2f} CPU-s per 1M rows", flush=True)
+    return res
+
+
+def encoder_floor(out_dir: Path, max_rows: int, repeats: int, tmp: Path) -> dict:
+    """Rows/s and CPU seconds per 1M rows of writing ``out_dir``'s parts again, and nothing else."""
+    parts = sorted(out_dir.glob("*/part-*.parquet"))
+    # parts spread over the whole log: early days have shorter histories, so cheaper rows
+    rows_per_part = pl.scan_parquet(parts[0]).select(pl.len()).collect().item()
+    stride = max(1, len(parts) * rows_per_part // max_rows)
+    frames = [pl.read_parquet(p) for p in parts[::stride][: -(-max_rows // rows_per_part)]]
+    rows, workers = sum(f.height for f in frames), os.cpu_count() or 1
+    dest = tmp / "floor"
+
+    def write(i: int) -> None:
+        frames[i].write_parquet(dest / f"part-{i:05d}.parquet", compression=PARQUET_COMPRESSION)
+
+    runs = []
+    for _ in range(repeats):
+        dest.mkdir()
+        cpu, start = time.process_time(), time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(write, range(len(frames))))
+        secs, cpu = time.perf_counter() - start, time.process_time() - cpu
+        runs.append({"seconds": secs, "rows_per_s": rows / secs, "cpu_s_per_m_rows": cpu / rows * 1e6})
+        shutil.rmtree(dest)
+    res = {
+        "output_of": out_dir.name.removesuffix("-out"), "rows": rows, "parts": len(frames), "writers": workers,
+        "compression": PARQUET_COMPRESSION,
+        "rows_per_s_median": statistics.median(r["rows_per_s"] for r in runs),
+        "cpu_s_per_m_rows_median": statistics.median(r["cpu_s_per_m_rows"] for r in runs),
+        "runs": runs,
+    }
+    print(f"encoder floor ({res['output_of']} output, {rows:,} rows, {workers} parts at a time): "
+          f"{res['rows_per_s_median']:,.0f} rows/s  {res['cpu_s_per_m_rows_median']:.2f} CPU-s per 1M rows", flush=True)
     return res
 
 
@@ -47,6 +97,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-kuairand", action="store_true")
+    ap.add_argument("--floor-rows", type=int, default=2_000_000, help="rows of output the encoder floor rewrites")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/features.json")
     args = ap.parse_args()
     results = []
@@ -57,10 +108,12 @@ def main() -> None:
             sets = [f"data.synthetic.num_impressions={rows}", f"data.raw_dir={raw}"]
             run_cli("data", "synth", "-c", "configs/synthetic.yaml", *[x for s in sets for x in ("--set", s)])
             results.append(bench(f"synthetic-{rows / 1e6:g}M", "configs/synthetic.yaml", sets, rows, args.repeats, tmp))
+        largest = results[-1]["dataset"] if results else None
+        floor = encoder_floor(tmp / f"{largest}-out", args.floor_rows, args.repeats, tmp) if largest else None
         if not args.no_kuairand and KUAIRAND.is_dir():
             results.append(bench("kuairand", "configs/kuairand.yaml", [f"data.kuairand.path={KUAIRAND}"], 171_671, args.repeats, tmp))
     payload = {"benchmark": "features_transform", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-               "repeats": args.repeats, "results": results}
+               "repeats": args.repeats, "results": results, "encoder_floor": floor}
     if len(results) >= 2 and results[0]["dataset"].startswith("synthetic") and results[1]["dataset"].startswith("synthetic"):
         payload["rss_ratio_10m_over_1m"] = results[1]["peak_rss_mib_median"] / results[0]["peak_rss_mib_median"]
         print(f"peak RSS ratio {results[1]['dataset']} / {results[0]['dataset']}: {payload['rss_ratio_10m_over_1m']:.2f}")

@@ -54,11 +54,11 @@ def main() -> None:
         spec.save(work / "export/feature_spec")
         runs = []
         for _ in range(args.repeats):
-            secs, rss = run_cli("score", "-c", config, *flags, "--model", str(work / "export/model.onnx"),
-                                "--input", str(impressions), "--output", str(work / "scores"),
-                                "--overwrite", "--batch-rows", str(args.batch_rows))
+            run = run_cli("score", "-c", config, *flags, "--model", str(work / "export/model.onnx"),
+                          "--input", str(impressions), "--output", str(work / "scores"),
+                          "--overwrite", "--batch-rows", str(args.batch_rows))
             shutil.rmtree(work / "scores")  # else the next run would skip every finished part
-            runs.append({"seconds": secs, "rows_per_s": rows / secs, "peak_rss_mib": rss})
+            runs.append({"seconds": run.seconds, "rows_per_s": rows / run.seconds, "peak_rss_mib": run.peak_rss_mib})
         res = {"dataset": name, "rows": rows,
                "rows_per_s_median": statistics.median(r["rows_per_s"] for r in runs),
                "peak_rss_mib_median": statistics.median(r["peak_rss_mib"] for r in runs), "runs": runs}

@@ -22,9 +22,9 @@ from common import machine, run_cli, write_results  # noqa: E402
 
 def run_once(rows: int, out_dir: Path) -> tuple[float, float]:
     """One `data synth` run: (rows/s, peak RSS MiB)."""
-    secs, rss = run_cli("data", "synth", "-c", "configs/synthetic.yaml", "-o", str(out_dir), "--overwrite",
-                        "--set", f"data.synthetic.num_impressions={rows}")
-    return rows / secs, rss
+    run = run_cli("data", "synth", "-c", "configs/synthetic.yaml", "-o", str(out_dir), "--overwrite",
+                  "--set", f"data.synthetic.num_impressions={rows}")
+    return rows / run.seconds, run.peak_rss_mib
 
 
 def main() -> None:

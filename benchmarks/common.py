@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,21 +35,32 @@ _LAUNCHER = (
     "import os, subprocess, sys\n"
     "p = subprocess.Popen(sys.argv[1:])\n"
     "_, status, usage = os.wait4(p.pid, 0)\n"
-    "sys.stderr.write(f'\\nRECSYS_MAXRSS_KB={usage.ru_maxrss}\\n')\n"
+    "sys.stderr.write(f'\\nRECSYS_MAXRSS_KB={usage.ru_maxrss}\\nRECSYS_CPU_S={usage.ru_utime + usage.ru_stime}\\n')\n"
     "sys.exit(os.waitstatus_to_exitcode(status))\n"
 )
 
 
-def run_cli(*args: str) -> tuple[float, float]:
-    """Run `recsys-moe ARGS` in a fresh process from the repo root; return (seconds, peak RSS MiB).
+@dataclass(frozen=True)
+class CliRun:
+    """One command's wall seconds, peak resident set (MiB) and CPU seconds (user + system, all
+    its threads)."""
 
-    Peak RSS is the command's own maximum resident set (ru_maxrss, KiB on Linux), measured through
-    a launcher so that the benchmark's own memory does not leak into it (see _LAUNCHER)."""
+    seconds: float
+    peak_rss_mib: float
+    cpu_s: float
+
+
+def run_cli(*args: str) -> CliRun:
+    """Run `recsys-moe ARGS` in a fresh process from the repo root and measure it.
+
+    Peak RSS is the command's own maximum resident set (ru_maxrss, KiB on Linux) and CPU its own
+    rusage, both measured through a launcher so that the benchmark's own figures do not leak into
+    them (see _LAUNCHER)."""
     cmd = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "recsys_moe.cli", *args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     secs = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"recsys-moe {' '.join(args)} failed:\n{proc.stderr}")
-    kib = [line.split("=", 1)[1] for line in proc.stderr.splitlines() if line.startswith("RECSYS_MAXRSS_KB=")]
-    return secs, int(kib[-1]) / 1024.0
+    tagged = dict(line.split("=", 1) for line in proc.stderr.splitlines() if line.startswith("RECSYS_") and "=" in line)
+    return CliRun(secs, int(tagged["RECSYS_MAXRSS_KB"]) / 1024.0, float(tagged["RECSYS_CPU_S"]))

@@ -254,7 +254,7 @@ def features_transform(
                 raw, spec, cfg.split, out, on_day=_day_progress(bar, n_days, "transforming"), overwrite=overwrite,
                 chunk_rows=cfg.features.chunk_rows,
             )
-    except (RawDataError, FeatureError, SpecError, FileNotFoundError, FileExistsError) as exc:
+    except (RawDataError, FeatureError, SpecError, OSError) as exc:  # OSError: a missing file, a full disk, ...
         fail(str(exc))
         raise
     table = Table(title=f"features -> {out}")

@@ -179,7 +179,10 @@ def transform(
 
         def write(mapped: tuple[pl.DataFrame, dict[str, int]], split_name: str, path: Path) -> None:
             rows, counts = mapped
-            rows.write_parquet(path, compression=compression)
+            try:
+                rows.write_parquet(path, compression=compression)
+            except (OSError, pl.exceptions.ComputeError) as exc:  # Polars reports IO errors as ComputeError
+                raise FeatureError(f"could not write {path.relative_to(tmp)} of {out_dir}: {exc}; {out_dir} was left as it was") from exc
             for k, v in counts.items():
                 summary.counts[k] = summary.counts.get(k, 0) + v
             summary.rows_out[split_name] += rows.height
