@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys_moe.atomic import replacing
+from recsys_moe.atomic import replacing, write_parquet
 from recsys_moe.config import Config
 from recsys_moe.data.raw import RawTables, load_raw
 from recsys_moe.data.schema import validate_items, validate_users
@@ -288,7 +288,7 @@ def score(
                     pl.lit(label).alias("model_version"),
                 )
                 part_keys, part_preds = [], []
-                _write_atomic(output / name, lambda tmp, out=out: out.write_parquet(tmp))
+                _write_atomic(output / name, lambda tmp, out=out: write_parquet(out, tmp))
                 manifest["parts"][name] = out.height
                 _write_atomic(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
                 summary.parts += 1

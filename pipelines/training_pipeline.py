@@ -187,7 +187,7 @@ class _Run:
         """The as-of day's impressions in raw shape (what a daily candidate set looks like)."""
         import polars as pl
 
-        from recsys_moe.atomic import replacing
+        from recsys_moe.atomic import replacing, write_parquet
 
         day = self.cfg.split.test.end
         path = self.run_dir / "candidates" / f"{day.isoformat()}.parquet"
@@ -196,7 +196,7 @@ class _Run:
             if frame.height == 0:
                 raise ValueError(f"no impressions on {day} in the configured source to score")
             with replacing(path) as tmp:
-                frame.write_parquet(tmp)
+                write_parquet(frame, tmp)
         return path
 
     def promote(self) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import polars as pl
+
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
@@ -37,3 +39,13 @@ def replacing(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         _remove(tmp)  # nothing left to remove after a successful replace
+
+
+def write_parquet(frame: pl.DataFrame, path: Path, **options: object) -> None:
+    """``frame.write_parquet(path, **options)``, with a failed write (a full disk, a file-size
+    limit) raised as an OSError that names the path: Polars reports such failures as a
+    ComputeError, which the commands would show as a traceback."""
+    try:
+        frame.write_parquet(path, **options)  # type: ignore[arg-type]
+    except pl.exceptions.ComputeError as exc:
+        raise OSError(f"could not write {path}: {exc}") from exc

@@ -131,7 +131,11 @@ def data_synth(
             done = bar.tasks[task].completed + n
             bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - start):,.0f} rows/s")
 
-        summary = generate(syn, cfg.experiment.seed, out, overwrite=overwrite, on_rows=on_rows)
+        try:
+            summary = generate(syn, cfg.experiment.seed, out, overwrite=overwrite, on_rows=on_rows)
+        except OSError as exc:  # a full disk, ...: generate leaves the old output as it was
+            fail(str(exc))
+            raise
     secs = time.perf_counter() - start
     console.print(
         f"wrote {summary.impressions:,} impressions ({summary.parts} parts), {summary.users:,} users, "
@@ -153,7 +157,7 @@ def data_validate(config: ConfigOpt = Path("configs/synthetic.yaml"), overrides:
     cfg = _load(config, overrides)
     try:
         raw = load_raw(cfg.data)
-    except (RawDataError, FileNotFoundError) as exc:
+    except (RawDataError, OSError) as exc:
         fail(str(exc))
         raise
     stats = raw.impressions.select(
@@ -213,7 +217,7 @@ def features_fit(
         n_days = sum(1 for d in days_in_log(raw) if d <= cfg.split.train.end)
         with progress_bar() as bar:
             spec = fit(raw, cfg, on_day=_day_progress(bar, n_days, "fitting"))
-    except (RawDataError, FeatureError, FileNotFoundError) as exc:
+    except (RawDataError, FeatureError, OSError) as exc:
         fail(str(exc))
         raise
     spec.save(out)
@@ -295,7 +299,7 @@ def train_cmd(
     cfg = _load(config, overrides)
     try:
         result = train(cfg, spec_dir=spec_dir, data_dir=data_dir, output_dir=output, resume=not fresh, progress=progress)
-    except (SpecError, DataError, TrainError, ModelLoadError, FileNotFoundError) as exc:
+    except (SpecError, DataError, TrainError, ModelLoadError, OSError) as exc:
         fail(str(exc))
         raise
     table = Table(title=f"{cfg.model.kind} on {cfg.experiment.name}: best checkpoint {Path(result.best_checkpoint).name}")
@@ -342,7 +346,7 @@ def export_cmd(
         with console.status("exporting to ONNX and checking parity"):
             result = run_export(cfg, model_dir=model_dir, run_id=run_id, output=output, rows=rows,
                                 parity_rows=parity_rows, register=register, fp16=fp16)
-    except (ExportError, ModelLoadError, FileNotFoundError) as exc:
+    except (ExportError, ModelLoadError, OSError) as exc:
         fail(str(exc))
         raise
     console.print(result.parity.summary(), highlight=False)
@@ -386,7 +390,7 @@ def evaluate_cmd(
         with console.status("evaluating") as status:
             result = evaluate(cfg, model, compare or [], split=split, output=output, data_dir=data_dir, track=track,
                               providers=providers, on_step=lambda msg: status.update(f"evaluating: {msg}"))
-    except (EvaluationError, MetricError, PredictError, ModelFileError, SpecError, RawDataError, FileNotFoundError) as exc:
+    except (EvaluationError, MetricError, PredictError, ModelFileError, SpecError, RawDataError, OSError) as exc:
         fail(str(exc))
         raise
     for note in result.notes:
@@ -451,7 +455,7 @@ def score_cmd(
 
             summary = score(cfg, model, input_path, output, state_dir=state_dir, batch_rows=batch_rows,
                             providers=providers, overwrite=overwrite, on_rows=on_rows)
-    except (ScoringError, SpecError, RawDataError, ModelFileError, FileNotFoundError) as exc:
+    except (ScoringError, SpecError, RawDataError, ModelFileError, OSError) as exc:
         fail(str(exc))
         raise
     for note in summary.notes:

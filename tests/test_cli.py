@@ -2,6 +2,7 @@
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "recsys_moe.cli"]
 
 
-def run(*args, cwd=ROOT):
-    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+def run(*args, cwd=ROOT, max_file_bytes=None):
+    """The CLI in a fresh process; ``max_file_bytes`` sets RLIMIT_FSIZE, a real write failure
+    (EFBIG, as a full disk gives ENOSPC) for any file that grows past it."""
+    limit = None if max_file_bytes is None else lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes,) * 2)
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"},
+                          preexec_fn=limit)
 
 
 def test_help_lists_subcommands():
@@ -43,6 +48,12 @@ def test_data_synth_writes_tables_and_refuses_to_clobber(tmp_path):
     assert pl.scan_parquet(str(out_dir / "impressions/*/*.parquet")).select(pl.len()).collect().item() == 20_000
     again = run(*args)
     assert again.returncode == 2 and "already exists" in again.stderr
+    manifest = (out_dir / "MANIFEST.json").read_bytes()
+    full = run(*args, "--overwrite", "--set", "experiment.seed=7", max_file_bytes=4096)
+    said = " ".join(full.stderr.split())
+    assert full.returncode == 2 and "could not write" in said and "too large" in said, said
+    assert "Traceback" not in said
+    assert (out_dir / "MANIFEST.json").read_bytes() == manifest and not list(tmp_path.glob(".raw.tmp-*"))
 
 
 def test_bad_override_exits_2_naming_the_key():

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from recsys_moe.atomic import write_parquet
 from recsys_moe.config import SyntheticConfig
 
 SURFACES = np.array(["feed", "follow", "search"])
@@ -289,8 +290,8 @@ def generate(
     try:
         world = build_world(cfg, seed)
         calibrate(world, cfg, seed)
-        world.users.write_parquet(tmp / "users.parquet")
-        world.items.write_parquet(tmp / "items.parquet")
+        write_parquet(world.users, tmp / "users.parquet")
+        write_parquet(world.items, tmp / "items.parquet")
         next_id, clicks, zeros, parts = 0, 0, 0, 0
         for day_idx, (day, sizes) in enumerate(_day_plan(cfg)):
             day_ms = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
@@ -302,8 +303,8 @@ def generate(
                     world, cfg, seed, day_idx, k, n, int(bounds[k]), int(bounds[k + 1]), next_id
                 )
                 name = f"date={day.isoformat()}/part-{k:05d}.parquet"
-                imp.write_parquet(tmp / "impressions" / name)
-                oracle.write_parquet(tmp / "oracle" / name)
+                write_parquet(imp, tmp / "impressions" / name)
+                write_parquet(oracle, tmp / "oracle" / name)
                 clicks += int(imp["click"].sum())
                 zeros += int((imp["watch_time_s"] == 0).sum())
                 next_id += n

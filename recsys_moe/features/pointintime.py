@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from recsys_moe.atomic import write_parquet
 from recsys_moe.features.keyindex import KeyIndex
 from recsys_moe.features.lookup import head_positions, list_parts, list_series, numpy_of
 
@@ -304,9 +305,9 @@ class HistoryState:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.user_hist.write_parquet(directory / "user_hist.parquet")
-        self.counts_frame("user").write_parquet(directory / "user_counts.parquet")
-        self.counts_frame("item").write_parquet(directory / "item_counts.parquet")
+        write_parquet(self.user_hist, directory / "user_hist.parquet")
+        write_parquet(self.counts_frame("user"), directory / "user_counts.parquet")
+        write_parquet(self.counts_frame("item"), directory / "item_counts.parquet")
         meta = {"max_len": self.max_len, "long_watch_s": self.long_watch_s, "last_ts_ms": self.last_ts_ms}
         (directory / "state.json").write_text(json.dumps(meta))
 

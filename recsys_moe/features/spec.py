@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from recsys_moe.atomic import replacing
+from recsys_moe.atomic import replacing, write_parquet
 from recsys_moe.config import FeatureDef, FeaturesConfig
 
 SPEC_VERSION = 1
@@ -114,7 +114,7 @@ class FeatureSpec:
         with replacing(directory) as tmp:
             (tmp / "vocab").mkdir(parents=True)
             for t in self.tables.values():
-                pl.DataFrame({"value": t.vocab}).write_parquet(tmp / "vocab" / f"{t.name}.parquet")
+                write_parquet(pl.DataFrame({"value": t.vocab}), tmp / "vocab" / f"{t.name}.parquet")
             header = self._header() | {"content_hash": self.content_hash}
             (tmp / "spec.json").write_text(json.dumps(header, indent=2, sort_keys=True))
         return directory

@@ -10,7 +10,8 @@ import pytest
 from recsys_moe.data.schema import RawDataError
 from recsys_moe.features import FeatureError, FeatureSpec, SpecError, apply_spec, fit, transform
 from recsys_moe.features.enrich import Replay, initial_state, slice_bounds
-from tests.features.conftest import ROOT, SMALL, small_config
+from tests.features.conftest import SMALL, small_config
+from tests.test_cli import run
 
 HISTORY_FEATURES = {
     "hist_click_items", "hist_long_watch_items", "hist_click_categories", "user_impressions", "user_ctr",
@@ -182,17 +183,14 @@ def test_bad_inputs_fail_clearly_and_write_nothing(small, tmp_path):
 
 
 def test_transform_on_a_full_disk_fails_clearly_and_leaves_nothing(small, tmp_path):
-    """A real write failure: the CLI runs with a 64 KiB file-size limit (RLIMIT_FSIZE), so the
-    first part file cannot be written (EFBIG, as a full disk gives ENOSPC)."""
+    """A real write failure: with a 64 KiB file-size limit the first part cannot be written."""
     cfg, raw = small
     spec_dir = tmp_path / "spec"
     fit(raw, cfg).save(spec_dir)
     out = tmp_path / "out"
     sets = [x for s in [*SMALL, f"data.raw_dir={cfg.data.raw_dir}"] for x in ("--set", s)]
-    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
-            "from recsys_moe.cli import main; sys.argv[0] = 'recsys-moe'; main()")
-    res = subprocess.run([sys.executable, "-c", code, "features", "transform", "-c", "configs/synthetic.yaml", *sets,
-                          "--spec", str(spec_dir), "-o", str(out)], capture_output=True, text=True, cwd=ROOT, env=os.environ)
+    res = run("features", "transform", "-c", "configs/synthetic.yaml", *sets, "--spec", str(spec_dir), "-o", str(out),
+              max_file_bytes=65536)
     said = " ".join((res.stdout + res.stderr).split())
     assert res.returncode != 0
     assert "could not write train/part-00000.parquet" in said and "too large" in said, said
