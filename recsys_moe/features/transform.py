@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys_moe.atomic import replacing
+from recsys_moe.atomic import replacing, write_parquet
 from recsys_moe.config import FeatureDef, SplitConfig
 from recsys_moe.data.raw import RawTables
 from recsys_moe.features.enrich import Replay, initial_state, joined_columns_only
@@ -180,9 +180,9 @@ def transform(
         def write(mapped: tuple[pl.DataFrame, dict[str, int]], split_name: str, path: Path) -> None:
             rows, counts = mapped
             try:
-                rows.write_parquet(path, compression=compression)
-            except (OSError, pl.exceptions.ComputeError) as exc:  # Polars reports IO errors as ComputeError
-                raise FeatureError(f"could not write {path.relative_to(tmp)} of {out_dir}: {exc}; {out_dir} was left as it was") from exc
+                write_parquet(rows, path, compression=compression)
+            except OSError as exc:
+                raise FeatureError(f"{out_dir} was not written (an old one is left as it was): {exc}") from exc
             for k, v in counts.items():
                 summary.counts[k] = summary.counts.get(k, 0) + v
             summary.rows_out[split_name] += rows.height

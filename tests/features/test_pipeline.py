@@ -193,7 +193,8 @@ def test_transform_on_a_full_disk_fails_clearly_and_leaves_nothing(small, tmp_pa
               max_file_bytes=65536)
     said = " ".join((res.stdout + res.stderr).split())
     assert res.returncode != 0
-    assert "could not write train/part-00000.parquet" in said and "too large" in said, said
+    assert f"{out} was not written" in said and "could not write" in said and "train/part-00000.parquet" in said, said
+    assert "too large" in said
     assert "Traceback" not in said
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
 
