@@ -5,9 +5,9 @@ run `recsys-moe features transform` in fresh processes. Rows/s counts every impr
 (rows in) over the whole command's wall time, Parquet IO included; peak RSS is the process's
 maximum resident set; CPU seconds are the command's user + system time over all its threads.
 
-Then the encoder floor: the largest synthetic output's first ``--floor-rows`` rows are read back
-and written again, timed alone, exactly as the transform writes its parts (Polars, the same
-codec), one part per core at a time. That is the best rows/s the transform could reach on this
+Then the encoder floor: about ``--floor-rows`` rows of the largest synthetic output (parts spread
+over all its days) are read back and written again, timed alone, exactly as the transform writes
+its parts (Polars, the same codec), one part per core at a time. That is the best rows/s the transform could reach on this
 machine if reading, replaying and mapping cost nothing. Prints a table and writes
 benchmarks/results/features.json.
 

@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -41,11 +42,11 @@ def replacing(path: str | Path) -> Iterator[Path]:
         _remove(tmp)  # nothing left to remove after a successful replace
 
 
-def write_parquet(frame: pl.DataFrame, path: Path, **options: object) -> None:
+def write_parquet(frame: pl.DataFrame, path: Path, **options: Any) -> None:
     """``frame.write_parquet(path, **options)``, with a failed write (a full disk, a file-size
     limit) raised as an OSError that names the path: Polars reports such failures as a
     ComputeError, which the commands would show as a traceback."""
     try:
-        frame.write_parquet(path, **options)  # type: ignore[arg-type]
+        frame.write_parquet(path, **options)
     except pl.exceptions.ComputeError as exc:
         raise OSError(f"could not write {path}: {exc}") from exc

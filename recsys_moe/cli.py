@@ -217,10 +217,10 @@ def features_fit(
         n_days = sum(1 for d in days_in_log(raw) if d <= cfg.split.train.end)
         with progress_bar() as bar:
             spec = fit(raw, cfg, on_day=_day_progress(bar, n_days, "fitting"))
+        spec.save(out)
     except (RawDataError, FeatureError, OSError) as exc:
         fail(str(exc))
         raise
-    spec.save(out)
     table = Table(title=f"FeatureSpec {spec.content_hash} -> {out}")
     for col in ("table", "vocabulary", "hash buckets", "dim"):
         table.add_column(col)
