@@ -10,9 +10,10 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def _remove(path: Path) -> None:
@@ -46,6 +47,8 @@ def write_parquet(frame: pl.DataFrame, path: Path, **options: Any) -> None:
     """``frame.write_parquet(path, **options)``, with a failed write (a full disk, a file-size
     limit) raised as an OSError that names the path: Polars reports such failures as a
     ComputeError, which the commands would show as a traceback."""
+    import polars as pl  # here, so that modules needing only `replacing` do not load Polars
+
     try:
         frame.write_parquet(path, **options)
     except pl.exceptions.ComputeError as exc:
