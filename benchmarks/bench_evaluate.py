@@ -79,9 +79,9 @@ def main() -> None:
             import cProfile
             import pstats
 
-            from pipelines.evaluation import evaluate
+            from recsys_moe.evaluation.evaluate import evaluate
 
-            cProfile.runctx("evaluate(cfg, str(work / 'export/model.onnx'), output=work / 'eval_prof', track=False)",
+            cProfile.runctx("evaluate(cfg, str(work / 'export/model.onnx'), output=work / 'eval_prof')",
                             globals(), {"evaluate": evaluate, "cfg": cfg, "work": work}, str(work / "eval.prof"))
             pstats.Stats(str(work / "eval.prof")).sort_stats("cumulative").print_stats(35)
             return

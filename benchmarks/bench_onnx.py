@@ -92,14 +92,14 @@ def worker(engine: str, work: Path, iters: int) -> dict[int, float]:
     import pyarrow.parquet as pq
 
     from recsys_moe.features.spec import FeatureSpec
-    from serving.inputs import onnx_inputs
+    from recsys_moe.serving.inputs import onnx_inputs
 
     spec = FeatureSpec.load(work / "spec")
     big = pq.read_table(work / "rows.parquet")
     if engine.startswith("ort"):
         import onnxruntime as ort
 
-        from serving.session import make_session
+        from recsys_moe.serving.session import make_session
 
         if engine == "ort_default":
             session = ort.InferenceSession(str(work / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -126,7 +126,7 @@ def worker(engine: str, work: Path, iters: int) -> dict[int, float]:
         if engine == "torch_torchrec_chunks":  # the serving session's scheme, in torch
             from concurrent.futures import ThreadPoolExecutor
 
-            from serving.session import parallel_chunk_rows
+            from recsys_moe.serving.session import parallel_chunk_rows
 
             workers = torch.get_num_threads()
             torch.set_num_threads(1)

@@ -44,8 +44,8 @@ def main() -> None:
     from recsys_moe.config import load_config
     from recsys_moe.data.raw import read_synthetic
     from recsys_moe.data.synthetic import generate
-    from recsys_moe.evaluation.metrics import auc, spearman
     from recsys_moe.features import fit, transform
+    from recsys_moe.metrics.functions import auc, spearman
     from recsys_moe.training.train import train
 
     results = []
@@ -72,9 +72,9 @@ def main() -> None:
             row = {
                 "world": world, "overrides": WORLDS[world], "train_rows": spec.rows_fitted, "test_rows": test.height,
                 "users": cfg.data.synthetic.num_users, "items": cfg.data.synthetic.num_items,
-                "model_auc_ctr": r.test["test/auc_ctr"], "oracle_auc_ctr": oracle_auc,
-                "auc_ratio": r.test["test/auc_ctr"] / oracle_auc,
-                "model_spearman_watch_time": r.test["test/spearman_watch_time"], "oracle_spearman_watch_time": oracle_spearman,
+                "model_auc_ctr": r.test["test/ctr/auc"], "oracle_auc_ctr": oracle_auc,
+                "auc_ratio": r.test["test/ctr/auc"] / oracle_auc,
+                "model_spearman_watch_time": r.test["test/watch_time/spearman"], "oracle_spearman_watch_time": oracle_spearman,
                 "epochs": r.epochs, "best_checkpoint": Path(r.best_checkpoint).name,
             }
             results.append(row)

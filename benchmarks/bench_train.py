@@ -34,7 +34,7 @@ SPLITS = {
     "peers": ["split.train={start: 2022-04-25, end: 2022-04-30}", "split.validation={start: 2022-05-01, end: 2022-05-01}",
               "split.test={start: 2022-05-02, end: 2022-05-04}"],
 }
-METRICS = ("auc_ctr", "logloss_ctr", "rmse_watch_time", "spearman_watch_time")
+METRICS = ("ctr/auc", "ctr/logloss", "watch_time/rmse_log1p", "watch_time/spearman")
 
 
 def prepare(split_sets: list[str], work: Path, overrides: list[str]):

@@ -2,42 +2,46 @@
 
 ``run_pipeline(cfg, as_of)`` runs every step for one as-of date. The split windows of the config
 keep their lengths and move so that the test window ends on the as-of date (default: the config's
-own test end). Everything lands in ``<pipeline dir>/<as-of>_<config hash>/`` (the run's
-``work_dir``), with ``steps.json`` recording each step's status, seconds and outputs.
+own test end). Everything lands in ``<pipeline dir>/<as-of>_<config hash>/``, a work dir of its
+own (:class:`recsys_moe.layout.WorkDir`), with ``steps.json`` recording each step's status,
+seconds and outputs.
 
 Order and why it differs from "register, then export": the registry holds the ONNX export (the
 artifact scoring runs), so the export step, with its parity gate, registers the version; a model
 that fails parity never becomes a version. Then:
 
 * ``evaluate`` scores the test split with the new model and the current ``champion`` on the same
-  rows, checks the quality gates, sets the ``challenger`` alias on the new version and decides:
-  promote when every gate passes and the new model beats the champion on
-  ``pipeline.promotion.metric`` by more than ``pipeline.promotion.margin`` (no champion: promote).
-* ``score`` scores the candidates with the model that will be champion after this run.
+  rows, checks the quality gates, sets the ``challenger`` alias on the new version and decides
+  with :func:`recsys_moe.promotion.decide`;
+* ``score`` scores the candidates with the model that will be champion after this run. The
+  default candidates are the as-of day's (user, item) pairs as of the next day (their
+  timestamps moved one day later, labels dropped): the daily job ranks tomorrow's feed with
+  everything known today, so its features are point-in-time correct;
 * ``promote`` moves the ``champion`` alias last, so a failure anywhere leaves it where it was.
 
-A rerun skips finished steps (``force`` redoes them); training resumes from its last checkpoint;
-registering is skipped when the training run already has a model version. One run at a time per
-pipeline directory (an OS file lock).
+Each step calls library functions (no job imports another). A rerun skips finished steps
+(``force`` redoes them); training resumes from its last checkpoint; registering is skipped when
+the training run already has a model version. One run at a time per pipeline directory (an OS
+file lock).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.run_state import StepLog, exclusive, now
-from recsys_moe import tracking
+from recsys_moe import contract, registry, tracking
 from recsys_moe.config import Config
+from recsys_moe.layout import WorkDir
+from recsys_moe.pipelines.run_state import StepLog, exclusive, now
 
 log = logging.getLogger(__name__)
-STEPS = ("features_fit", "features_transform", "train", "export", "evaluate", "score", "promote")
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 class PipelineError(RuntimeError):
@@ -62,17 +66,13 @@ class PipelineResult:
         return self.steps.get(step, {}).get("outputs", {}).get(name, default)
 
 
-def pipeline_dir(cfg: Config) -> Path:
-    return Path(cfg.pipeline.output_dir or cfg.experiment.work_dir / "pipeline")
-
-
 def run_config(cfg: Config, as_of: dt.date | None = None) -> tuple[Config, str, Path]:
     """(config of this run, run key, run folder): windows moved to end on ``as_of``."""
     as_of = as_of or cfg.split.test.end
     shift = as_of - cfg.split.test.end
     windows = {name: w.model_copy(update={"start": w.start + shift, "end": w.end + shift}) for name, w in cfg.split.windows().items()}
-    key = f"{as_of.isoformat()}_{cfg.content_hash()}"
-    run_dir = pipeline_dir(cfg) / key
+    key = WorkDir.run_key(as_of, cfg.content_hash())
+    run_dir = WorkDir.of(cfg).pipeline_run(key).root
     run_cfg = cfg.model_copy(update={
         "split": cfg.split.model_copy(update=windows),
         "experiment": cfg.experiment.model_copy(update={"work_dir": run_dir}),
@@ -83,9 +83,9 @@ def run_config(cfg: Config, as_of: dt.date | None = None) -> tuple[Config, str, 
 class _Run:
     """The steps of one run; each returns the outputs recorded in ``steps.json``."""
 
-    def __init__(self, cfg: Config, run_dir: Path, steps: StepLog, force: bool, progress: bool, say: Callable[[str], None]) -> None:
-        self.cfg, self.run_dir, self.log, self.force, self.progress, self.say = cfg, run_dir, steps, force, progress, say
-        self.client = tracking.client(cfg)
+    def __init__(self, cfg: Config, steps: StepLog, force: bool, progress: bool, say: Callable[[str], None]) -> None:
+        self.cfg, self.log, self.force, self.progress, self.say = cfg, steps, force, progress, say
+        self.layout = WorkDir.of(cfg)
         self.name = tracking.registered_model_name(cfg)
 
     def _raw(self):
@@ -97,17 +97,15 @@ class _Run:
         from recsys_moe.features import fit
 
         spec = fit(self._raw(), self.cfg)
-        spec.save(self.run_dir / "features" / "spec")
+        spec.save(self.layout.spec_dir)
         return {"spec_hash": spec.content_hash, "train_rows": spec.rows_fitted}
 
     def features_transform(self) -> dict[str, Any]:
         from recsys_moe.features import FeatureSpec, transform
 
-        spec = FeatureSpec.load(self.run_dir / "features" / "spec")
-        summary = transform(
-            self._raw(), spec, self.cfg.split, self.run_dir / "features" / "data", overwrite=True,
-            chunk_rows=self.cfg.features.chunk_rows,
-        )
+        spec = FeatureSpec.load(self.layout.spec_dir)
+        summary = transform(self._raw(), spec, self.cfg.split, self.layout.features_dir, overwrite=True,
+                            chunk_rows=self.cfg.features.chunk_rows)
         return {"rows_in": summary.rows_in, "rows_out": summary.rows_out}
 
     def train(self) -> dict[str, Any]:
@@ -117,84 +115,73 @@ class _Run:
         return {"model_dir": str(r.model_dir), "training_run_id": r.run_id, "best_checkpoint": r.best_checkpoint,
                 "epochs": r.epochs, "resumed": r.resumed, "test": r.test}
 
-    def _champion(self) -> str | None:
-        try:
-            return str(self.client.get_model_version_by_alias(self.name, CHAMPION).version)
-        except Exception:  # MLflow raises untyped errors for an unknown model or alias
-            return None
-
     def export(self) -> dict[str, Any]:
-        from recsys_moe.export.job import run_export
+        from recsys_moe.export.bundle import export_bundle
 
-        run_id = self.log.outputs("train")["training_run_id"]
-        model_dir = self.log.outputs("train")["model_dir"]
-        out = self.run_dir / "export" / self.cfg.model.kind
-        existing = [v for v in self.client.search_model_versions(f"name='{self.name}'") if v.run_id == run_id]
+        trained = self.log.outputs("train")
+        out = self.layout.export_dir(self.cfg.model.kind)
+        existing = registry.versions_of_run(self.cfg, trained["training_run_id"])
         if existing and (out / "model.onnx").is_file() and not self.force:
-            version = str(max(int(v.version) for v in existing))
-            self.say(f"training run {run_id} is already registered as version {version}")
-            return {"onnx": str(out / "model.onnx"), "version": version, "name": self.name}
-        result = run_export(self.cfg, model_dir=model_dir, output=out, register=True)
+            self.say(f"training run {trained['training_run_id']} is already registered as version {existing[-1]}")
+            return {"onnx": str(out / "model.onnx"), "version": existing[-1], "name": self.name}
+        result = export_bundle(self.cfg, model_dir=trained["model_dir"], output=out, register=True)
         return {"onnx": str(result.onnx_path), "version": result.registered_version, "name": self.name,
                 "parity_max_abs_diff": result.parity.max_abs_diff}
 
     def evaluate(self) -> dict[str, Any]:
-        from pipelines.evaluation import evaluate
+        from recsys_moe.evaluation.evaluate import evaluate
+        from recsys_moe.evaluation.tracking import log_evaluation
+        from recsys_moe.promotion import decide
 
         version = self.log.outputs("export")["version"]
-        champion = self._champion()
-        compare = [f"models:/{self.name}@{CHAMPION}"] if champion and champion != version else []
+        champion = registry.alias_version(self.cfg, registry.CHAMPION)
+        compare = [registry.alias_uri(self.name, registry.CHAMPION)] if champion and champion != version else []
         res = evaluate(self.cfg, self.log.outputs("train")["model_dir"], compare=compare, split="test",
-                       output=self.run_dir / "evaluate" / "test")
-        self.client.set_registered_model_alias(self.name, CHALLENGER, version)
-        promo = self.cfg.pipeline.promotion
-        value = res.headline.get(promo.metric)
-        decision, reason = True, "no champion yet"
-        if res.failed_gates:
-            decision, reason = False, "quality gates failed: " + "; ".join(res.failed_gates)
-        elif compare:
-            comp = res.metrics["comparisons"][0]
-            theirs = comp["deltas"].get(promo.metric, {}).get("other")
-            gain = None if value is None or theirs is None else (value - theirs if promo.higher_is_better else theirs - value)
-            ci = comp["ci"].get(promo.metric)
-            if gain is None:
-                decision, reason = False, f"{promo.metric} is missing for one of the models"
-            elif gain <= promo.margin:
-                decision, reason = False, f"{promo.metric} {value:.4f} does not beat the champion's {theirs:.4f} by more than {promo.margin:g}"
-            elif promo.require_significant and not (ci and ci["significant"]):
-                decision, reason = False, f"{promo.metric} gain {gain:+.4f} is not significant (bootstrap interval includes 0)"
-            else:
-                decision, reason = True, f"{promo.metric} {value:.4f} beats the champion's {theirs:.4f} by {gain:+.4f}"
-        return {"report": str(res.output / "report.html"), "metric": promo.metric, "value": value, "failed_gates": res.failed_gates,
-                "champion_before": champion, "promote": decision, "reason": reason, "evaluation_run_id": res.run_id}
+                       output=self.layout.evaluate_dir("test"))
+        log_evaluation(self.cfg, res)
+        registry.set_alias(self.cfg, registry.CHALLENGER, version)
+        rule = self.cfg.pipeline.promotion
+        comparison = res.metrics["comparisons"][0] if compare else {}
+        decision = decide(rule, res.headline.get(rule.metric), res.failed_gates,
+                          champion_value=comparison.get("deltas", {}).get(rule.metric, {}).get("other"),
+                          has_champion=bool(compare), interval=comparison.get("ci", {}).get(rule.metric))
+        return {"report": str(res.output / "report.html"), "metric": rule.metric, "value": res.headline.get(rule.metric),
+                "failed_gates": res.failed_gates, "champion_before": champion, "promote": decision.promote,
+                "reason": decision.reason, "evaluation_run_id": res.run_id}
 
     def score(self) -> dict[str, Any]:
-        from pipelines.batch_scoring import score
+        from recsys_moe.serving.scoring import input_files, score
 
         ev = self.log.outputs("evaluate")
         version = self.log.outputs("export")["version"] if ev["promote"] else ev["champion_before"]
         if version is None:
             self.say("no champion to score with (the first model failed its gates); scoring skipped")
             return {"version": None, "rows": 0}
-        candidates = self.cfg.pipeline.candidates or str(self._candidates())
-        summary = score(self.cfg, f"models:/{self.name}/{version}", candidates, self.run_dir / "scores",
-                        state_dir=self.run_dir / "features" / "data" / "state", overwrite=self.force)
+        files = input_files(self.cfg.pipeline.candidates or self._candidates())
+        with tempfile.TemporaryDirectory() as cache:
+            model = registry.resolve(self.cfg, registry.version_uri(self.name, version), Path(cache))
+            summary = score(self.cfg, model, files, self.layout.scores_dir, self.layout.state_dir, overwrite=self.force,
+                            state_origin=f"pipeline run {self.layout.root.name}")
         for note in summary.notes:
             self.say(f"score: {note}")
-        return {"version": version, "rows": summary.rows, "output": str(summary.output), "provider": summary.provider}
+        return {"version": version, "rows": summary.rows, "output": str(summary.output), "provider": summary.provider,
+                "candidates": [str(f) for f in files]}
 
     def _candidates(self) -> Path:
-        """The as-of day's impressions in raw shape (what a daily candidate set looks like)."""
+        """The as-of day's (user, item) pairs as of the next day, in raw shape without labels:
+        what a daily candidate set for tomorrow looks like, scored with today's history."""
         import polars as pl
 
         from recsys_moe.atomic import replacing, write_parquet
 
         day = self.cfg.split.test.end
-        path = self.run_dir / "candidates" / f"{day.isoformat()}.parquet"
+        path = self.layout.candidates_dir / f"{day + dt.timedelta(days=1)}.parquet"
         if not path.is_file():
-            frame = self._raw().impressions.filter(pl.col("timestamp").dt.date() == day).collect()
+            frame = (self._raw().impressions.filter(pl.col(contract.TIMESTAMP).dt.date() == day)
+                     .drop(*contract.LABEL_COLUMNS, strict=False)
+                     .with_columns(pl.col(contract.TIMESTAMP).dt.offset_by("1d")).collect())
             if frame.height == 0:
-                raise ValueError(f"no impressions on {day} in the configured source to score")
+                raise ValueError(f"no impressions on {day} in the configured source to build candidates from")
             with replacing(path) as tmp:
                 write_parquet(frame, tmp)
         return path
@@ -204,32 +191,44 @@ class _Run:
         version = self.log.outputs("export")["version"]
         if not ev["promote"]:
             return {"champion": ev["champion_before"], "promoted": False, "reason": ev["reason"]}
-        self.client.set_registered_model_alias(self.name, CHAMPION, version)
-        self.client.set_model_version_tag(self.name, version, "promoted_at", now())
-        if ev["champion_before"]:
-            self.client.set_model_version_tag(self.name, version, "replaced_version", ev["champion_before"])
+        registry.promote(self.cfg, version, ev["champion_before"])
         return {"champion": version, "promoted": True, "reason": ev["reason"]}
+
+
+STEPS: dict[str, Callable[[_Run], dict[str, Any]]] = {
+    "features_fit": _Run.features_fit,
+    "features_transform": _Run.features_transform,
+    "train": _Run.train,
+    "export": _Run.export,
+    "evaluate": _Run.evaluate,
+    "score": _Run.score,
+    "promote": _Run.promote,
+}
+"""The steps in the order they run; each returns the outputs ``steps.json`` records."""
 
 
 def run_pipeline(cfg: Config, as_of: dt.date | None = None, force: bool = False, only: str | None = None,
                  progress: bool = False, say: Callable[[str], None] = log.info) -> PipelineResult:
     """Run (or resume) the pipeline for ``as_of``; raises :class:`PipelineError` naming the step
-    that failed, or :class:`pipelines.run_state.PipelineBusy` when another run holds the lock."""
+    that failed, or :class:`recsys_moe.pipelines.run_state.PipelineBusy` when another run holds the lock."""
     if not cfg.tracking.enabled:
         raise PipelineError("setup", "the pipeline registers and promotes models in MLflow; set tracking.enabled: true")
+    names = list(STEPS)
     if only is not None and only not in STEPS:
-        raise PipelineError("setup", f"unknown step {only!r}; steps are {list(STEPS)}")
+        raise PipelineError("setup", f"unknown step {only!r}; steps are {names}")
     run_cfg, key, run_dir = run_config(cfg, as_of)
     result = PipelineResult(run_dir, key, run_cfg.split.test.end)
-    with exclusive(pipeline_dir(cfg) / f"{cfg.experiment.name}.lock"):
-        steps = StepLog(run_dir / "steps.json", {"key": key, "as_of": result.as_of.isoformat(), "config_hash": cfg.content_hash()})
-        run = _Run(run_cfg, run_dir, steps, force, progress, say)
+    layout = WorkDir.of(run_cfg)
+    client = tracking.client(cfg)
+    with exclusive(WorkDir.of(cfg).lock_file(cfg.experiment.name)):
+        steps = StepLog(layout.steps_file, {"key": key, "as_of": result.as_of.isoformat(), "config_hash": cfg.content_hash()})
+        run = _Run(run_cfg, steps, force, progress, say)
         result.mlflow_run_id = steps.data.get("mlflow_run_id") or _start_mlflow_run(run_cfg, key, result.as_of)
         steps.data["mlflow_run_id"] = result.mlflow_run_id
         steps.save()
-        todo = [only] if only else list(STEPS)
+        todo = [only] if only else names
         if only:
-            missing = [s for s in STEPS[: STEPS.index(only)] if not steps.done(s)]
+            missing = [s for s in names[: names.index(only)] if not steps.done(s)]
             if missing:
                 raise PipelineError(only, f"needs the earlier steps {missing} first")
         try:
@@ -242,26 +241,45 @@ def run_pipeline(cfg: Config, as_of: dt.date | None = None, force: bool = False,
                 steps.set(step, status="running", started=now(), error=None, attempts=attempts)
                 start = time.perf_counter()
                 try:
-                    outputs = getattr(run, step)()
+                    outputs = STEPS[step](run)
                 except Exception as exc:
                     seconds = time.perf_counter() - start
                     steps.set(step, status="failed", seconds=seconds, error=f"{type(exc).__name__}: {exc}")
-                    _log_step(run.client, result.mlflow_run_id, step, "failed", seconds)
+                    _log_step(client, result.mlflow_run_id, step, "failed", seconds)
                     raise PipelineError(step, f"{type(exc).__name__}: {exc}") from exc
                 seconds = time.perf_counter() - start
                 steps.set(step, status="done", seconds=seconds, finished=now(), outputs=outputs)
-                _log_step(run.client, result.mlflow_run_id, step, "done", seconds)
-                say(f"{step}: done in {seconds:.1f}s")
+                _log_step(client, result.mlflow_run_id, step, "done", seconds)
+                say(f"{step}: done in {seconds:.1f}s{_describe(step, outputs)}")
                 result.ran.append(step)
         finally:
             result.steps = steps.steps
             failed = any(s.get("status") == "failed" for s in steps.steps.values())
-            finished = all(steps.done(s) for s in STEPS)
+            finished = all(steps.done(s) for s in names)
             if failed or finished:
-                run.client.set_terminated(result.mlflow_run_id, "FAILED" if failed else "FINISHED")
+                client.set_terminated(result.mlflow_run_id, "FAILED" if failed else "FINISHED")
         if steps.done("promote"):
-            _summarise(run.client, result)
+            _summarise(client, result)
     return result
+
+
+def _describe(step: str, out: dict[str, Any]) -> str:
+    """What a finished step did, in a few words for the run's log."""
+    if step == "features_fit":
+        return f": FeatureSpec {out['spec_hash']} from {out['train_rows']:,} train rows"
+    if step == "features_transform":
+        return f": {out['rows_in']:,} rows replayed; " + ", ".join(f"{k} {v:,}" for k, v in out["rows_out"].items())
+    if step == "train":
+        auc = {k: v for k, v in out["test"].items() if k.endswith("/auc")}
+        return f": {out['epochs']} epochs" + "".join(f", {k} {v:.4f}" for k, v in auc.items())
+    if step == "export":
+        return f": registered as version {out['version']}"
+    if step == "evaluate":
+        value = "n/a" if out["value"] is None else f"{out['value']:.4f}"
+        return f": {out['metric']} {value}; {'promote' if out['promote'] else 'keep the champion'} ({out['reason']})"
+    if step == "score":
+        return f": {out['rows']:,} rows with version {out['version']}" if out.get("version") else ""
+    return ""
 
 
 def _start_mlflow_run(cfg: Config, key: str, as_of: dt.date) -> str:

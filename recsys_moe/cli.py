@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from recsys_moe.config import Config, ConfigError, load_config
+from recsys_moe.layout import WorkDir
 
 app = typer.Typer(
     help="Multi-task (CTR + watch time) MMoE ranking: data, features, training, evaluation, export, scoring.",
@@ -41,6 +44,34 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Dotted override, repeatable: --set data.synthetic.num_impressions=100000"),
 ]
+
+
+QUIET_LOGGERS = {
+    "lightning.pytorch.utilities.rank_zero": logging.WARNING,  # Lightning's device banner and tips
+    "lightning.fabric.utilities.rank_zero": logging.WARNING,
+    "torch.fx._symbolic_trace": logging.ERROR,  # a deprecation note torch.export prints about itself
+    "torch.onnx._internal.exporter._registration": logging.ERROR,  # "torchvision is not installed" (not needed)
+}
+"""Third-party info logs held back unless --verbose (each command reports its own progress).
+These exact loggers, because the libraries reset their top-level loggers' levels on import."""
+KNOWN_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\).*",  # torch pytree deprecation, raised inside Lightning and torch.export
+    r".*The axis name.*will not be used.*",  # torch.onnx: two inputs share the one dynamic batch axis, as meant
+)
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show third-party libraries' info logs and known warnings.")] = False) -> None:
+    """Multi-task (CTR + watch time) MMoE ranking: data, features, training, evaluation, export, scoring."""
+    if verbose:
+        return
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's database set-up lines
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    for pattern in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -177,8 +208,8 @@ def data_validate(config: ConfigOpt = Path("configs/synthetic.yaml"), overrides:
 
 
 def _features_paths(cfg: Config) -> tuple[Path, Path]:
-    base = cfg.experiment.work_dir / "features"
-    return base / "spec", base / "data"
+    layout = WorkDir.of(cfg)
+    return layout.spec_dir, layout.features_dir
 
 
 def _day_progress(bar: Progress, total: int, label: str):
@@ -308,7 +339,7 @@ def train_cmd(
     table.add_column("test")
     for key, value in result.validation.items():
         name = key.removeprefix("val/")
-        if name.startswith(("gate_", "expert_util")):
+        if name.startswith("gate/"):
             continue
         test = result.test.get(f"test/{name}")
         table.add_row(name, f"{value:.4f}", "" if test is None else f"{test:.4f}")
@@ -335,8 +366,9 @@ def export_cmd(
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx for GPU serving, parity-checked within 2e-3.")] = False,
 ) -> None:
     """Export a trained model to ONNX (twin without EmbeddingBag ops), check parity, register it."""
-    from recsys_moe.export.job import run_export
+    from recsys_moe.export.bundle import export_bundle
     from recsys_moe.export.onnx_export import ExportError
+    from recsys_moe.registry import RegistryError
     from recsys_moe.training.artifacts import ModelLoadError
 
     cfg = _load(config, overrides)
@@ -344,9 +376,9 @@ def export_cmd(
         fail("pass --model-dir or --run, not both")
     try:
         with console.status("exporting to ONNX and checking parity"):
-            result = run_export(cfg, model_dir=model_dir, run_id=run_id, output=output, rows=rows,
-                                parity_rows=parity_rows, register=register, fp16=fp16)
-    except (ExportError, ModelLoadError, OSError) as exc:
+            result = export_bundle(cfg, model_dir=model_dir, run_id=run_id, output=output, rows=rows,
+                                   parity_rows=parity_rows, register=register, fp16=fp16)
+    except (ExportError, ModelLoadError, RegistryError, OSError) as exc:
         fail(str(exc))
         raise
     console.print(result.parity.summary(), highlight=False)
@@ -374,12 +406,12 @@ def evaluate_cmd(
     Exits 1 when a quality gate from the config's evaluation.gates fails (the failed gates are
     listed), 2 on bad input.
     """
-    from pipelines.evaluation import EvaluationError, evaluate
     from recsys_moe.data.schema import RawDataError
-    from recsys_moe.evaluation.metrics import MetricError
     from recsys_moe.evaluation.predict import PredictError
     from recsys_moe.features import SpecError
-    from serving.session import ModelFileError
+    from recsys_moe.metrics.functions import MetricError
+    from recsys_moe.pipelines.evaluation import EvaluationError, run
+    from recsys_moe.serving.session import ModelFileError
 
     if not model:
         fail("--model is required (see `recsys-moe evaluate --help`)")
@@ -388,8 +420,8 @@ def evaluate_cmd(
     cfg = _load(config, overrides)
     try:
         with console.status("evaluating") as status:
-            result = evaluate(cfg, model, compare or [], split=split, output=output, data_dir=data_dir, track=track,
-                              providers=providers, on_step=lambda msg: status.update(f"evaluating: {msg}"))
+            result = run(cfg, model, compare or [], split=split, output=output, data_dir=data_dir, track=track,
+                         providers=providers, on_step=lambda msg: status.update(f"evaluating: {msg}"))
     except (EvaluationError, MetricError, PredictError, ModelFileError, SpecError, RawDataError, OSError) as exc:
         fail(str(exc))
         raise
@@ -405,7 +437,7 @@ def evaluate_cmd(
     for comp in result.metrics["comparisons"]:
         for key, ci in comp["ci"].items():
             console.print(f"vs {comp['model']}: {key} delta {ci['delta']:+.4f}, {ci['level']:.0%} CI [{ci['low']:+.4f}, {ci['high']:+.4f}]", highlight=False)
-    console.print(f"report: {result.output / 'report.html'} (and report.md, metrics.json)"
+    console.print(f"report: {result.output / 'report.html'} (and report.md, metrics.json, predictions.parquet)"
                   + (f"; MLflow run {result.run_id}" if result.run_id else ""), highlight=False)
     if result.failed_gates:
         for line in result.failed_gates:
@@ -419,8 +451,8 @@ def score_cmd(
     overrides: SetOpt = None,
     model: Annotated[str, typer.Option("--model", "-m", help="models:/<name>@<alias>, models:/<name>/<version>, or an exported model.onnx (feature_spec/ beside it).")] = "",
     input_path: Annotated[str, typer.Option("--input", "-i", help="Raw impressions to score: a Parquet file, a directory or a glob.")] = "",
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder for part files and MANIFEST.json.")] = Path("scores"),
-    state_dir: Annotated[Path | None, typer.Option("--state", help="History state to read point-in-time features from (default: <work_dir>/features/data/state).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder for part files and MANIFEST.json (default: <work_dir>/scores).")] = None,
+    state_dir: Annotated[Path | None, typer.Option("--state", help="History state to read point-in-time features from (default: the newest state a transform or pipeline run saved under <work_dir> for the model's FeatureSpec).")] = None,
     batch_rows: Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per record batch and per output part.")] = 100_000,
     providers: Annotated[str, typer.Option("--providers", help="auto (TensorRT, CUDA, CPU by availability), tensorrt, cuda or cpu.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output folder that holds other scores.")] = False,
@@ -428,33 +460,31 @@ def score_cmd(
     """Score raw impressions with an exported model on ONNX Runtime; resumable, atomic parts.
 
     Features are computed by the training transform's own code with the model's FeatureSpec;
-    history features come from the saved state (the log up to the end of the transform).
-    Re-running after a crash skips the parts already written.
+    history features come from a saved state (the log up to the end of a transform), found under
+    the work dir when --state is not given. Re-running after a crash skips the parts already written.
     """
     import time
 
-    import pyarrow.parquet as pq
-
-    from pipelines.batch_scoring import ScoringError, input_files, score
     from recsys_moe.data.schema import RawDataError
     from recsys_moe.features import SpecError
-    from serving.session import ModelFileError
+    from recsys_moe.pipelines.batch_scoring import run
+    from recsys_moe.serving.scoring import ScoringError
+    from recsys_moe.serving.session import ModelFileError
 
     if not model or not input_path:
         fail("--model and --input are required (see `recsys-moe score --help`)")
     cfg = _load(config, overrides)
     try:
-        total = sum(pq.ParquetFile(f).metadata.num_rows for f in input_files(input_path))
         start = time.perf_counter()
         with progress_bar() as bar:
-            task = bar.add_task("scoring", total=total, rate="")
+            task = bar.add_task("scoring", total=None, rate="")
 
             def on_rows(n: int) -> None:
                 done = bar.tasks[task].completed + n
                 bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - start):,.0f} rows/s")
 
-            summary = score(cfg, model, input_path, output, state_dir=state_dir, batch_rows=batch_rows,
-                            providers=providers, overwrite=overwrite, on_rows=on_rows)
+            summary = run(cfg, model, input_path, output, state_dir=state_dir, batch_rows=batch_rows, providers=providers,
+                          overwrite=overwrite, on_start=lambda total: bar.update(task, total=total), on_rows=on_rows)
     except (ScoringError, SpecError, RawDataError, ModelFileError, OSError) as exc:
         fail(str(exc))
         raise
@@ -485,8 +515,8 @@ def pipeline_run(
     import datetime as dt
     import logging
 
-    from pipelines.run_state import PipelineBusy
-    from pipelines.training_pipeline import STEPS, PipelineError, run_pipeline
+    from recsys_moe.pipelines.run_state import PipelineBusy
+    from recsys_moe.pipelines.training_pipeline import STEPS, PipelineError, run_pipeline
     from recsys_moe.tracking import tracking_uri
 
     if step is not None and step not in STEPS:
@@ -506,7 +536,7 @@ def pipeline_run(
         raise
     except PipelineError as exc:
         fail(f"{exc}\n(champion alias unchanged; fix the cause and run the same command again to resume; "
-             f"step log: {cfg.pipeline.output_dir or cfg.experiment.work_dir / 'pipeline'})", code=1)
+             f"step logs: {WorkDir.of(cfg).pipeline_root}/*/steps.json)", code=1)
         raise
     console.print(f"run {result.key}: ran {result.ran or 'nothing (all steps already done)'}"
                   + (f", skipped finished {result.skipped}" if result.skipped and result.ran else ""), highlight=False, soft_wrap=True)

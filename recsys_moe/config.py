@@ -17,6 +17,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from recsys_moe import contract
+from recsys_moe.metrics import names as metric_names
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key and the problem."""
@@ -74,7 +77,6 @@ class DataConfig(_Section):
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 # nn.ModuleDict attributes: a torchrec table named like one of these cannot be registered.
 RESERVED_TABLE_NAMES = {"items", "keys", "values", "update", "pop", "clear", "forward", "training"}
-RESERVED_COLUMNS = {"impression_id", "timestamp", "raw_user_id", "raw_item_id", "click", "watch_time_s"}
 
 
 class FeatureDef(_Section):
@@ -126,9 +128,9 @@ class FeaturesConfig(_Section):
     history: HistoryConfig = HistoryConfig()
     chunk_rows: PositiveInt = 49_152
     """Rows replayed at a time (a day is split at timestamp changes); bounds transform memory.
-    Peak RSS at 10M synthetic rows over that at 1M (benchmarks/bench_features.py): 2x with 200k
-    rows, 1.53x with 64k, 1.41x with 48k (2% slower at 10M than 64k), 1.35x with 32k (8% slower).
-    A 10M log's chunks weigh more than a 1M log's: its users' history lists are full."""
+    Smaller slices hold peak memory flatter as the log grows (a long log's users have full
+    history lists, so its slices weigh more) and cost speed; ``benchmarks/bench_features.py``
+    measures the trade-off (docs/benchmarks.md)."""
     features: list[FeatureDef] = []
 
     @model_validator(mode="after")
@@ -137,7 +139,7 @@ class FeaturesConfig(_Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate feature names: {dup}")
-        clash = sorted(set(names) & RESERVED_COLUMNS)
+        clash = sorted(set(names) & contract.RESERVED_COLUMNS)
         if clash:
             raise ValueError(f"feature names {clash} are reserved for output columns")
         dims: dict[str, int] = {}
@@ -248,7 +250,7 @@ class TaskConfig(_Section):
 
     @property
     def label_column(self) -> str:
-        return "click" if self.kind == "binary" else "watch_time_s"
+        return contract.label_column(self.kind)
 
     @property
     def loss_name(self) -> str:
@@ -264,8 +266,9 @@ class TasksConfig(_Section):
     weighting: Literal["fixed", "uncertainty"] = "fixed"
     """``fixed``: sum of weight * loss. ``uncertainty``: learned per-task log-variances
     (Kendall, Gal & Cipolla, CVPR 2018) on top of the fixed weights."""
-    monitor: str = "auc_ctr"
-    """Validation metric that picks the best checkpoint and drives early stopping."""
+    monitor: str = "ctr/auc"
+    """Validation metric (``<task>/<metric>`` or ``loss``, see :mod:`recsys_moe.metrics.names`)
+    that picks the best checkpoint and drives early stopping."""
 
     @model_validator(mode="after")
     def _check(self) -> TasksConfig:
@@ -274,19 +277,15 @@ class TasksConfig(_Section):
             raise ValueError("tasks.tasks: at least one task is needed")
         if len(set(names)) != len(names):
             raise ValueError(f"tasks.tasks: duplicate task names {names}")
-        if self.monitor not in self.metric_modes():
-            raise ValueError(f"tasks.monitor: {self.monitor!r} is not a validation metric; choose one of {sorted(self.metric_modes())}")
+        allowed = metric_names.validation_keys(self.kinds)
+        if self.monitor not in allowed:
+            raise ValueError(metric_names.unknown_metric_message(self.monitor, allowed, "tasks.monitor"))
         return self
 
-    def metric_modes(self) -> dict[str, str]:
-        """Validation metric name -> ``max`` or ``min`` (which direction is better)."""
-        modes = {"loss": "min"}
-        for t in self.tasks:
-            if t.kind == "binary":
-                modes |= {f"auc_{t.name}": "max", f"logloss_{t.name}": "min"}
-            else:
-                modes |= {f"rmse_{t.name}": "min", f"spearman_{t.name}": "max"}
-        return modes
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Task name -> kind, in task order."""
+        return {t.name: t.kind for t in self.tasks}
 
 
 class TrainingConfig(_Section):
@@ -325,12 +324,6 @@ class TrackingConfig(_Section):
     registered_model_name: str | None = None
     """Default: ``recsys-moe-<experiment name>``."""
     enabled: bool = True
-
-
-GATE_METRICS = {
-    "binary": ("auc", "gauc", "logloss", "ne", "calibration", "ece"),
-    "watch_time": ("rmse_log1p", "mae_log1p", "spearman", "xauc"),
-}
 
 
 class QualityGate(_Section):
@@ -375,9 +368,6 @@ class EvaluationConfig(_Section):
         return self
 
 
-LOWER_IS_BETTER = ("logloss", "ne", "ece", "rmse_log1p", "mae_log1p")
-
-
 class PromotionConfig(_Section):
     """When a challenger replaces the champion: it passes every quality gate and beats the
     champion on ``metric`` (measured on the same test rows) by more than ``margin``."""
@@ -389,7 +379,7 @@ class PromotionConfig(_Section):
 
     @property
     def higher_is_better(self) -> bool:
-        return not self.metric.split("/")[-1].startswith(LOWER_IS_BETTER)
+        return bool(metric_names.higher_is_better(self.metric))
 
 
 class PipelineConfig(_Section):
@@ -434,17 +424,19 @@ class Config(_Section):
             )
         if not any(f.kind != "numeric" for f in self.features.features) and self.features.features:
             raise ValueError("features: the model needs at least one id or id_list feature")
-        kinds = {t.name: t.kind for t in self.tasks.tasks}
+        kinds = self.tasks.kinds
         unknown = sorted(set(self.evaluation.score_exponents) - set(kinds))
         if unknown:
             raise ValueError(f"evaluation.score_exponents: unknown tasks {unknown}; tasks are {sorted(kinds)}")
-        allowed = [f"{t}/{m}" for t, k in kinds.items() for m in GATE_METRICS[k]]
-        allowed += [f"ranking/ndcg_at_{k}" for k in self.evaluation.ndcg_k]
+        allowed = metric_names.evaluation_keys(kinds, self.evaluation.ndcg_k)
         for gate in self.evaluation.gates:
             if gate.metric not in allowed:
-                raise ValueError(f"evaluation.gates: unknown metric {gate.metric!r}; choose one of {allowed}")
-        if self.pipeline.promotion.metric not in allowed:
-            raise ValueError(f"pipeline.promotion.metric: unknown metric {self.pipeline.promotion.metric!r}; choose one of {allowed}")
+                raise ValueError(metric_names.unknown_metric_message(gate.metric, allowed, "evaluation.gates"))
+        promo = self.pipeline.promotion.metric
+        if promo not in allowed:
+            raise ValueError(metric_names.unknown_metric_message(promo, allowed, "pipeline.promotion.metric"))
+        if metric_names.higher_is_better(promo) is None:
+            raise ValueError(f"pipeline.promotion.metric: {promo!r} has no better direction; promote on a metric such as ctr/auc")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Task kinds: how many outputs a tower has, the loss, and the prediction in user units.
 
-Output names follow one pattern per task ``<t>``: ``logits_<t>`` / ``probs_<t>`` for binary
-tasks, ``pred_<t>`` (expected seconds) for watch time; metrics ``auc_<t>``, losses ``loss_<t>``.
+Output names are the serving contract's (:mod:`recsys_moe.contract`): ``logits_<t>`` /
+``probs_<t>`` for binary tasks, ``pred_<t>`` (expected seconds) for watch time; losses
+``loss_<t>``; metrics ``<t>/<metric>`` (:mod:`recsys_moe.metrics.names`).
 
 Watch-time losses:
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recsys_moe import contract
 from recsys_moe.config import TaskConfig
 
 
@@ -31,7 +33,6 @@ class Task:
     """Base: subclasses set ``output_dim`` and implement ``loss`` / ``outputs``."""
 
     output_dim = 1
-    metric_names: tuple[str, ...] = ()
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
@@ -55,24 +56,21 @@ class Task:
 class BinaryTask(Task):
     """Click-through: BCE on logits (never sigmoid + BCELoss, which breaks under autocast)."""
 
-    metric_names = ("auc", "logloss")
-
     def loss(self, raw: Tensor, label: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(raw[:, 0].float(), label.float())
 
     def outputs(self, raw: Tensor) -> dict[str, Tensor]:
         logits = raw[:, 0].float()
-        return {f"logits_{self.name}": logits, f"probs_{self.name}": torch.sigmoid(logits)}
+        return {contract.logits_name(self.name): logits, self.prediction_name: torch.sigmoid(logits)}
 
     @property
     def prediction_name(self) -> str:
-        return f"probs_{self.name}"
+        return contract.prediction_name(self.name, contract.BINARY)
 
 
 class WatchTimeTask(Task):
     """Expected watch time in seconds, learned with one of three losses (see module docstring)."""
 
-    metric_names = ("rmse", "spearman")
     MIN_SIGMA = 1e-3
 
     def __init__(self, cfg: TaskConfig) -> None:
@@ -100,11 +98,11 @@ class WatchTimeTask(Task):
             p = torch.sigmoid(raw[:, 0])
             sigma = F.softplus(raw[:, 2]) + self.MIN_SIGMA
             seconds = p * torch.exp(raw[:, 1] + 0.5 * sigma * sigma)
-        return {f"pred_{self.name}": seconds}
+        return {self.prediction_name: seconds}
 
     @property
     def prediction_name(self) -> str:
-        return f"pred_{self.name}"
+        return contract.prediction_name(self.name, contract.WATCH_TIME)
 
 
 def ziln_loss(raw: Tensor, y: Tensor, min_sigma: float = 1e-3) -> Tensor:
@@ -118,7 +116,7 @@ def ziln_loss(raw: Tensor, y: Tensor, min_sigma: float = 1e-3) -> Tensor:
 
 
 def build_task(cfg: TaskConfig) -> Task:
-    return BinaryTask(cfg) if cfg.kind == "binary" else WatchTimeTask(cfg)
+    return BinaryTask(cfg) if cfg.kind == contract.BINARY else WatchTimeTask(cfg)
 
 
 def build_tasks(cfgs: list[TaskConfig]) -> list[Task]:

@@ -24,6 +24,24 @@ def tracking_uri(cfg: Config) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.tracking_uri or DEFAULT_TRACKING_URI
 
 
+def use(cfg: Config) -> None:
+    """Point MLflow's fluent API at the store, with its artifact progress bars off (the jobs
+    report their own progress; set ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true`` to have them)."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a local SQLite store live beside its database file (``<db dir>/mlruns/``),
+    not in whatever directory the process started in (MLflow's default ``./mlruns``)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.resolve().parent / "mlruns" / experiment).as_uri()
+
+
 def experiment_name(cfg: Config) -> str:
     return cfg.tracking.experiment_name or cfg.experiment.name
 
@@ -35,6 +53,7 @@ def registered_model_name(cfg: Config) -> str:
 def client(cfg: Config):
     from mlflow.tracking import MlflowClient
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return MlflowClient(tracking_uri=tracking_uri(cfg))
 
 
@@ -71,8 +90,11 @@ def git_commit(root: str | Path = ".") -> str:
 def experiment_id(cfg: Config) -> str:
     """The id of the configured experiment, created on first use."""
     c = client(cfg)
-    exp = c.get_experiment_by_name(experiment_name(cfg))
-    return exp.experiment_id if exp is not None else c.create_experiment(experiment_name(cfg))
+    name = experiment_name(cfg)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=artifact_location(tracking_uri(cfg), name))
 
 
 def start_run(cfg: Config, tags: dict[str, str], run_name: str | None = None) -> str:

@@ -4,7 +4,7 @@ When scoring, the history state is frozen (:func:`~recsys_moe.features.enrich.en
 reads it and learns nothing from the candidates), so every feature of a user (its attributes,
 history lists and counters) is the same on each of its rows, and likewise for items. Mapping them
 per row, as the training transform must, repeats that work once per impression. Here the same
-code (``enrich_candidates`` and :class:`~recsys_moe.features.transform.FeatureMapper`) runs once
+code (``enrich_candidates`` and :class:`~recsys_moe.features.mapper.FeatureMapper`) runs once
 over every known user and item, plus one row for an unknown one, and a batch only gathers those
 rows; features of the row itself (the ``user_id``/``item_id`` features, whose hash buckets depend
 on the raw id, surface, hour, ...) are mapped per batch. The result equals
@@ -21,15 +21,15 @@ import dataclasses
 import numpy as np
 import polars as pl
 
-from recsys_moe.data.raw import RawTables
+from recsys_moe.data.tables import RawTables
 from recsys_moe.features.enrich import CategoryOf, enrich_candidates, with_derived
 from recsys_moe.features.entities import ENTITY_KEYS, attribute_sources
 from recsys_moe.features.keyindex import KeyIndex
 from recsys_moe.features.lookup import numpy_of
+from recsys_moe.features.mapper import FeatureMapper
 from recsys_moe.features.pointintime import COUNTER_COLUMNS, LIST_COLUMNS, HistoryState
 from recsys_moe.features.spec import FeatureSpec
-from recsys_moe.features.transform import FeatureMapper
-from serving.inputs import padded_ids
+from recsys_moe.serving.inputs import padded_ids
 
 ENTITIES = tuple(ENTITY_KEYS)
 

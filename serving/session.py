@@ -139,10 +139,10 @@ def make_session(
 
     On CPU, ``threads`` (default: the machine's cores) is how many cores ONNX Runtime uses. With
     ``parallel_chunks`` (the default) each run is single-threaded and :meth:`Session.run` runs row
-    chunks of 2,048 on that many threads at once. On 2 cores this scored the KuaiRand MMoE 18% and
-    29% faster at 4,096 and 32,768 rows than one run at a time spread over both cores by ONNX
-    Runtime's intra-op threads, whose small ops (gathers, concats, reductions on a few floats per
-    row) pay more in synchronisation than they gain. Without it, runs take one batch at a time on ``threads`` intra-op threads, and
+    chunks of 2,048 on that many threads at once: faster on this model than one run at a time
+    spread over the cores by ONNX Runtime's intra-op threads, whose small ops (gathers, concats,
+    reductions on a few floats per row) pay more in synchronisation than they gain (measured in
+    docs/design.md). Without it, runs take one batch at a time on ``threads`` intra-op threads, and
     ``spin=False`` stops idle intra-op threads from busy-waiting between runs and ops (better when
     other work shares the cores). GPU providers run one batch at a time through an IOBinding."""
     path = Path(path)

@@ -83,3 +83,24 @@ def test_content_hash_changes_with_config():
     b = load_config(None, ["experiment.seed=1"])
     assert a.content_hash() == load_config(None).content_hash()
     assert a.content_hash() != b.content_hash()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("tasks.monitor=auc_ctr", "tasks.monitor: unknown metric 'auc_ctr' (metrics are now named <task>/<metric>: did you mean 'ctr/auc'?)"),
+    ("tasks.monitor=ctr/gauc", "tasks.monitor: unknown metric 'ctr/gauc'"),  # evaluation-only: training does not compute it
+    ("pipeline.promotion.metric=ctr/calibration", "has no better direction"),
+    ("pipeline.promotion.metric=rmse_watch_time", "did you mean 'watch_time/rmse_log1p'"),
+])
+def test_metric_names_come_from_one_vocabulary(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        load_config(ROOT / "configs/synthetic.yaml", [override])
+
+
+def test_directions_follow_the_vocabulary():
+    from recsys_moe.metrics import names
+
+    cfg = load_config(ROOT / "configs/synthetic.yaml", ["tasks.monitor=watch_time/rmse_log1p",
+                                                        "pipeline.promotion.metric=ranking/ndcg_at_10"])
+    assert names.mode(cfg.tasks.monitor) == "min" and cfg.pipeline.promotion.higher_is_better
+    assert names.higher_is_better("val/ctr/logloss") is False and names.higher_is_better("test/ctr/auc") is True
+    assert names.validation_keys(cfg.tasks.kinds) == ["loss", "ctr/auc", "ctr/logloss", "watch_time/rmse_log1p", "watch_time/spearman"]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys_moe.data.raw import RawTables
 from recsys_moe.data.schema import Column, RawDataError, check_columns
+from recsys_moe.data.tables import RawTables
 
 LOG_FILE = "log_standard_4_25_to_5_04_pure.csv.gz"
 USER_FILE = "user_features_pure.csv.gz"
@@ -83,8 +83,8 @@ def map_videos(videos: pl.DataFrame, file: str) -> pl.DataFrame:
 def _deferred_log(log_file: Path) -> pl.LazyFrame:
     """The mapped log as a LazyFrame that parses the CSV on first use, once.
 
-    Batch scoring needs only the user and video tables; parsing the 170k-row gzipped log would
-    cost it 0.14 s for nothing. The schema is taken from the parsed log too, so it is never guessed.
+    Batch scoring needs only the user and video tables, so it never pays for parsing the gzipped
+    log. The schema is taken from the parsed log too, so it is never guessed.
     """
     if not log_file.is_file():
         raise FileNotFoundError(f"{log_file}: KuaiRand file not found (see ../shared/data/kuairand/README.md)")

@@ -120,7 +120,7 @@ def validate_impressions(frame: pl.LazyFrame | pl.DataFrame, file: str, unique_i
 
 def check_unique_ids(rows: pl.DataFrame, file: str) -> None:
     """Refuse a batch of impressions that repeats an ``impression_id``."""
-    if "impression_id" in rows.columns and rows["impression_id"].n_unique() < rows.height:  # 3x faster than the mask
+    if "impression_id" in rows.columns and rows["impression_id"].n_unique() < rows.height:  # cheaper than the mask
         dup = int(rows["impression_id"].is_duplicated().sum())
         raise RawDataError(file, "impression_id", "duplicate impression_id", dup)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys_moe.evaluation.metrics import MetricError, _check
+from recsys_moe.metrics.functions import MetricError, _check
 
 
 class SortedAUC:

@@ -9,7 +9,7 @@ import numpy as np
 
 
 def load_matplotlib():
-    """pyplot on the headless Agg backend (imported on first use: it takes 0.7 s)."""
+    """pyplot on the headless Agg backend (imported on first use: the import is slow)."""
     import matplotlib
 
     matplotlib.use("Agg")

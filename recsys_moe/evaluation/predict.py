@@ -5,13 +5,15 @@
 * an exported ONNX file with ``feature_spec/`` beside it: ONNX Runtime, no gate outputs (the
   graph returns predictions and the score only).
 
-Task kinds of an ONNX model come from its output names: ``probs_<task>`` is a binary task,
-``pred_<task>`` a watch-time task (see :mod:`recsys_moe.tasks`).
+Task kinds of an ONNX model come from its output names (:func:`recsys_moe.contract.task_of_output`).
+Every form also gives the ranking score: the ONNX model's own ``score`` output (its exponents
+checked against the config's), or :func:`recsys_moe.contract.ranking_score` for a torch model.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from recsys_moe import contract
 from recsys_moe.features.spec import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ class PredictError(ValueError):
 class ModelPredictions:
     tasks: dict[str, np.ndarray]
     """Task name -> prediction in user units (click probability, watch seconds)."""
+    score: np.ndarray
+    """The ranking score per row (see the module docstring)."""
     gates: dict[str, Any] | None = None
     """Gate summary (:meth:`GateSummary.to_json`) when the model form exposes gate weights."""
 
@@ -58,11 +63,12 @@ class TorchPredictor:
     training_run_id: str | None
     model: Any
     collapse_threshold: float
+    exponents: dict[str, float] = field(default_factory=dict)
     batch_rows: int = 4_096  # torch eager is fastest near 4k rows (benchmarks/bench_onnx.py)
     kind: str = field(default="torch")
 
     @classmethod
-    def load(cls, path: str | Path, label: str | None = None) -> TorchPredictor:
+    def load(cls, path: str | Path, label: str | None = None, exponents: Mapping[str, float] | None = None) -> TorchPredictor:
         """``path``: a model folder, or a ``.ckpt`` whose run folder holds ``model/``."""
         import torch
 
@@ -82,9 +88,13 @@ class TorchPredictor:
                 model, spec, meta = load_model(path)
         except ModelLoadError as exc:
             raise PredictError(str(exc)) from exc
-        kinds = {t.name: ("binary" if t.prediction_name.startswith("probs_") else "watch_time") for t in model.tasks}
+        kinds = {t.name: t.cfg.kind for t in model.tasks}
         threshold = float(meta.get("model", {}).get("gate", {}).get("collapse_threshold", 0.05))
-        return cls(label or str(path), spec, kinds, meta.get("mlflow_run_id"), model.eval(), threshold)
+        try:
+            exps = contract.exponents_for(kinds, exponents if exponents is not None else dict.fromkeys(kinds, 1.0))
+        except contract.ContractError as exc:
+            raise PredictError(f"{path}: {exc}") from exc
+        return cls(label or str(path), spec, kinds, meta.get("mlflow_run_id"), model.eval(), threshold, exps)
 
     def predict(self, table: pa.Table) -> ModelPredictions:
         import torch
@@ -109,7 +119,8 @@ class TorchPredictor:
                 if "gate_weights" in out:
                     gates.update(out["gate_weights"])
         summary = gates.summary(list(names), self.collapse_threshold)
-        return ModelPredictions({t: np.concatenate(v) for t, v in outs.items()}, summary.to_json() if summary else None)
+        tasks = {t: np.concatenate(v) for t, v in outs.items()}
+        return ModelPredictions(tasks, contract.ranking_score(tasks, self.exponents), summary.to_json() if summary else None)
 
 
 @dataclass
@@ -126,28 +137,34 @@ class OnnxPredictor:
     kind: str = field(default="onnx")
 
     @classmethod
-    def load(cls, onnx_path: str | Path, spec_dir: str | Path, label: str | None = None, providers: str = "auto") -> OnnxPredictor:
-        from serving.session import make_session
+    def load(cls, onnx_path: str | Path, spec_dir: str | Path, label: str | None = None, providers: str = "auto",
+             exponents: Mapping[str, float] | None = None) -> OnnxPredictor:
+        """Open the model; with ``exponents``, refuse one whose ``score`` uses others."""
+        from recsys_moe.serving.session import make_session
 
         session = make_session(onnx_path, providers)
         spec = FeatureSpec.load(spec_dir)
         outputs: dict[str, str] = {}
         kinds: dict[str, str] = {}
         for name in session.output_names:
-            for prefix, kind in (("probs_", "binary"), ("pred_", "watch_time")):
-                if name.startswith(prefix):
-                    outputs[name.removeprefix(prefix)] = name
-                    kinds[name.removeprefix(prefix)] = kind
+            found = contract.task_of_output(name)
+            if found is not None:
+                outputs[found[0]] = name
+                kinds[found[0]] = found[1]
+        if contract.SCORE not in session.output_names:
+            raise PredictError(f"{onnx_path}: no {contract.SCORE!r} output; re-export it with `recsys-moe export`")
         meta = session.metadata()
+        if exponents is not None:
+            contract.check_exponents(contract.parse_exponents(meta.get("score_exponents", ""), str(onnx_path)), exponents, str(onnx_path))
         return cls(label or str(onnx_path), spec, kinds, meta.get("trained_run_id") or None, session, outputs)
 
     def predict(self, table: pa.Table) -> ModelPredictions:
         from concurrent.futures import ThreadPoolExecutor
 
-        from serving.inputs import onnx_inputs
+        from recsys_moe.serving.inputs import onnx_inputs
 
-        names = list(self.outputs.values())
-        outs: dict[str, list[np.ndarray]] = {t: [] for t in self.outputs}
+        names = [*self.outputs.values(), contract.SCORE]
+        outs: dict[str, list[np.ndarray]] = {t: [] for t in [*self.outputs, contract.SCORE]}
 
         def inputs(start: int) -> dict[str, np.ndarray]:
             return onnx_inputs(table.slice(start, self.batch_rows), self.spec)
@@ -160,6 +177,7 @@ class OnnxPredictor:
                 nxt = start + self.batch_rows
                 pending = pool.submit(inputs, nxt) if nxt < table.num_rows else None
                 got = self.session.run(feeds, names)
-                for t, arr in zip(self.outputs, got, strict=True):
+                for t, arr in zip(outs, got, strict=True):
                     outs[t].append(np.asarray(arr, dtype=np.float64).reshape(-1))
-        return ModelPredictions({t: np.concatenate(v) for t, v in outs.items()})
+        score = np.concatenate(outs.pop(contract.SCORE))
+        return ModelPredictions({t: np.concatenate(v) for t, v in outs.items()}, score)

@@ -1,5 +1,6 @@
 """All evaluation numbers of one model on one split, as a JSON-ready dict, plus comparisons and
-quality gates. Every metric is vectorised over rows (see :mod:`recsys_moe.evaluation.metrics`)."""
+quality gates. Every metric is vectorised over rows (see :mod:`recsys_moe.metrics.functions`);
+names follow :mod:`recsys_moe.metrics.names`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from recsys_moe import contract
 from recsys_moe.config import EvaluationConfig
-from recsys_moe.evaluation import metrics as m
 from recsys_moe.evaluation.bootstrap import auc_delta_ci
+from recsys_moe.metrics import functions as m
+from recsys_moe.metrics.names import RANKING, key
 
 
 @dataclass
@@ -30,7 +33,7 @@ class EvalRows:
         return int(self.click.size)
 
     def label(self, kind: str) -> np.ndarray:
-        return self.click if kind == "binary" else self.watch_time_s
+        return self.click if kind == contract.BINARY else self.watch_time_s
 
 
 def clean(value: Any) -> Any:
@@ -81,22 +84,13 @@ def segment_labels(counts: np.ndarray, edges: list[int]) -> tuple[np.ndarray, li
     return np.searchsorted(np.asarray(edges), counts, side="right"), names
 
 
-def score_of(preds: dict[str, np.ndarray], exponents: dict[str, float]) -> np.ndarray:
-    """Combined ranking score ``prod_t pred_t ** a_t`` over the tasks named in ``exponents``."""
-    score = np.ones(next(iter(preds.values())).size)
-    for t, a in exponents.items():
-        if t in preds and a:
-            score = score * np.clip(preds[t], 1e-12, None) ** a
-    return score
-
-
 def _segment(preds: dict[str, np.ndarray], kinds: dict[str, str], rows: EvalRows, mask: np.ndarray) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": int(mask.sum())}
     if not out["rows"]:
         return out  # an empty segment reports its size only
     for t, kind in kinds.items():
         p, y = preds[t][mask], rows.label(kind)[mask]
-        if kind == "binary":
+        if kind == contract.BINARY:
             out[f"{t}/auc"] = m.auc(p, y)
             out[f"{t}/logloss"] = m.logloss(p, y)
             out[f"{t}/calibration"] = float(p.mean() / y.mean()) if y.mean() > 0 else float("nan")
@@ -109,20 +103,25 @@ def _segment(preds: dict[str, np.ndarray], kinds: dict[str, str], rows: EvalRows
 
 
 def evaluate_predictions(preds: dict[str, np.ndarray], kinds: dict[str, str], rows: EvalRows, cfg: EvaluationConfig,
-                         seed: int = 0, with_segments: bool = True) -> dict[str, Any]:
-    """Per task, ranking and (optionally) segment metrics of one model's predictions."""
+                         seed: int = 0, with_segments: bool = True, score: np.ndarray | None = None) -> dict[str, Any]:
+    """Per task, ranking and (optionally) segment metrics of one model's predictions; ``score``
+    is the model's ranking score (default: :func:`recsys_moe.contract.ranking_score` of the
+    predictions with ``cfg.score_exponents``)."""
     for t, p in preds.items():
         if p.size != len(rows):
             raise m.MetricError(f"task {t!r}: {p.size} predictions for {len(rows)} rows")
     out: dict[str, Any] = {"rows": len(rows), "users": int(np.unique(rows.user).size), "tasks": {}}
     for t, kind in kinds.items():
-        if kind == "binary":
+        if kind == contract.BINARY:
             out["tasks"][t] = binary_metrics(preds[t], rows.click, rows.user, cfg.calibration_bins)
         else:
             out["tasks"][t] = watch_metrics(preds[t], rows.watch_time_s, rows.user, cfg.xauc_max_pairs, seed)
-    score = score_of(preds, cfg.score_exponents)
-    ranking: dict[str, Any] = {"score": " * ".join(f"{t}^{a:g}" for t, a in cfg.score_exponents.items() if t in preds),
-                               "gain": "watch_time_s"}
+    if score is None:
+        score = contract.ranking_score(preds, cfg.score_exponents)
+    elif score.size != len(rows):
+        raise m.MetricError(f"{score.size} scores for {len(rows)} rows")
+    ranking: dict[str, Any] = {"score": " * ".join(f"{t}^{a:g}" for t, a in cfg.score_exponents.items() if a),
+                               "gain": contract.LABEL_OF_KIND[contract.WATCH_TIME]}
     for k, (value, users) in m.ndcg_at_ks(score, rows.watch_time_s, rows.user, list(cfg.ndcg_k)).items():
         ranking[f"ndcg_at_{k}"] = value
         ranking["users"] = users
@@ -142,10 +141,10 @@ def headline(result: dict[str, Any]) -> dict[str, float]:
     for t, block in result["tasks"].items():
         for k, v in block.items():
             if isinstance(v, int | float) and not isinstance(v, bool):
-                flat[f"{t}/{k}"] = float(v)
+                flat[key(t, k)] = float(v)
     for k, v in result.get("ranking", {}).items():
         if k.startswith("ndcg_at_"):
-            flat[f"ranking/{k}"] = float(v)
+            flat[f"{RANKING}/{k}"] = float(v)
     return flat
 
 
@@ -154,10 +153,10 @@ def compare_models(primary: dict[str, np.ndarray], other: dict[str, np.ndarray],
     """Bootstrap intervals for AUC(primary) - AUC(other) of every binary task both models have."""
     out: dict[str, Any] = {}
     for t, kind in kinds.items():
-        if kind != "binary" or t not in other:
+        if kind != contract.BINARY or t not in other:
             continue
         ci = auc_delta_ci(primary[t], other[t], rows.click, rows.user, cfg.bootstrap_samples, cfg.confidence, seed)
-        out[f"{t}/auc"] = {"delta": ci.delta, "low": ci.low, "high": ci.high, "samples": ci.samples,
+        out[key(t, "auc")] = {"delta": ci.delta, "low": ci.low, "high": ci.high, "samples": ci.samples,
                            "level": ci.level, "significant": ci.significant}
     return out
 

@@ -17,12 +17,13 @@ import onnx
 import pyarrow as pa
 import torch
 
+from recsys_moe import contract
 from recsys_moe.atomic import replacing
 from recsys_moe.export.twin import OnnxTwin
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.models import MultiTaskModel
+from recsys_moe.serving.inputs import onnx_inputs
 from recsys_moe.training.batches import ColumnarSplit
-from serving.inputs import onnx_inputs
 
 OPSET = 18
 FORBIDDEN_OPS = {"Loop", "Scan", "If"}  # plus every Sequence* op
@@ -90,7 +91,7 @@ def check_parity(model: MultiTaskModel, spec: FeatureSpec, onnx_path: str | Path
         name = task.prediction_name
         want = ref[name].numpy().astype(np.float64)
         diff = np.abs(got[name].astype(np.float64) - want)
-        is_prob = name.startswith("probs_")
+        is_prob = task.cfg.kind == contract.BINARY
         limit = np.full_like(want, atol) if is_prob else atol + rtol * np.abs(want)
         report.tolerance[name] = f"<= {atol:g}" if is_prob else f"<= {atol:g} + {rtol:g} x |value|"
         report.max_abs_diff[name] = float(diff.max(initial=0.0))
@@ -125,7 +126,7 @@ def export_onnx(
         _set_metadata(tmp, {
             "spec_hash": spec.content_hash, "features_hash": spec.features_hash, "opset": str(opset),
             "outputs": ",".join(twin.output_names), "inputs": ",".join(twin.input_names),
-            "score_exponents": ",".join(f"{t}={e:g}" for t, e in zip(model.task_names, twin.exponents, strict=True)),
+            "score_exponents": contract.format_exponents(dict(zip(model.task_names, twin.exponents, strict=True))),
             **(metadata or {}),
         })
         report = check_parity(model, spec, tmp, parity_rows)
@@ -149,7 +150,7 @@ def export_fp16(model: MultiTaskModel, spec: FeatureSpec, fp32_path: str | Path,
     provider serving would use (CUDA on a GPU machine, else CPU, where fp16 is slower)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from serving.session import choose_providers
+    from recsys_moe.serving.session import choose_providers
 
     path = Path(path)
     with replacing(path) as tmp:

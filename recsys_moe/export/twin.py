@@ -1,8 +1,8 @@
 """The ONNX twin: the trained model with torchrec's EmbeddingBagCollection swapped for plain
 ``nn.Embedding`` lookups pooled over padded ids (padding reads an all-zero row).
 
-Exporting an ``EmbeddingBag`` (torchrec's or torch's) yields ONNX ``Loop`` ops, 10-100x slower in
-ONNX Runtime and unsupported by TensorRT (measured, see ../shared/ARCHITECTURE.md). The twin's
+Exporting an ``EmbeddingBag`` (torchrec's or torch's) yields ONNX ``Loop`` ops, which ONNX Runtime
+runs far slower and TensorRT cannot run at all (docs/design.md). The twin's
 graph is Gather / Mul / ReduceSum / Gemm only. Inputs:
 
 - ``ids``: int64 ``[B, F]``, the single-id features in FeatureSpec order;
@@ -10,7 +10,9 @@ graph is Gather / Mul / ReduceSum / Gemm only. Inputs:
 - ``dense``: float32 ``[B, D]``, the FeatureSpec's dense columns in order.
 
 Outputs: each task's prediction (``probs_ctr``, ``pred_watch_time`` in seconds) and ``score``,
-the combined ranking score ``prod_t prediction_t ** exponent_t``.
+the ranking score ``prod_t max(prediction_t, floor) ** exponent_t``: the same product as
+:func:`recsys_moe.contract.ranking_score`, which evaluation uses (names and rule from
+:mod:`recsys_moe.contract`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from recsys_moe import contract
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.models import MultiTaskModel
 from recsys_moe.modules import SparseEmbedding
@@ -72,13 +75,10 @@ class OnnxTwin(nn.Module):
         self.embeddings = nn.ModuleList(PaddedEmbedding(e, self.id_features, self.list_features) for e in model.embeddings)
         self.model = model
         self.prediction_names = [t.prediction_name for t in model.tasks]
-        exps = score_exponents or {t.name: 1.0 for t in model.tasks}
-        unknown = set(exps) - set(model.task_names)
-        if unknown:
-            raise ValueError(f"score exponents name unknown tasks {sorted(unknown)}; tasks are {model.task_names}")
-        self.exponents = [float(exps.get(t.name, 0.0)) for t in model.tasks]
-        self.output_names = [*self.prediction_names, "score"]
-        self.input_names = ["ids", *[f"list_{f}" for f in self.list_features], "dense"]
+        exps = contract.exponents_for(model.task_names, score_exponents or dict.fromkeys(model.task_names, 1.0))
+        self.exponents = list(exps.values())
+        self.output_names = [*self.prediction_names, contract.SCORE]
+        self.input_names = contract.input_names(self.list_features)
 
     def forward(self, ids: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
         lists, dense = list(rest[:-1]), rest[-1]
@@ -88,6 +88,6 @@ class OnnxTwin(nn.Module):
         score = None
         for p, e in zip(preds, self.exponents, strict=True):
             if e:
-                term = p.clamp_min(1e-12) if e == 1.0 else p.clamp_min(1e-12) ** e
+                term = p.clamp_min(contract.SCORE_FLOOR) if e == 1.0 else p.clamp_min(contract.SCORE_FLOOR) ** e
                 score = term if score is None else score * term
         return (*preds, torch.ones_like(preds[0]) if score is None else score)

@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 
 from recsys_moe.config import FeaturesConfig
-from recsys_moe.data.raw import RawTables
 from recsys_moe.data.schema import RawDataError, check_unique_ids
+from recsys_moe.data.tables import RawTables
 from recsys_moe.features.keyindex import KeyIndex
 from recsys_moe.features.lookup import list_parts, list_series, numpy_of
 from recsys_moe.features.pointintime import (

@@ -3,7 +3,7 @@
 An attribute (a column of the users or items table: gender, category, tags, duration, ...) has
 the same value on every impression of its user or item, so mapping it per impression, after a
 join, repeats the same work hundreds of times. :class:`EntityAttributes` maps each table once
-with the same :class:`~recsys_moe.features.transform.FeatureMapper` code, plus one all-null row
+with the same :class:`~recsys_moe.features.mapper.FeatureMapper` code, plus one all-null row
 that stands for a user or item missing from its table (what the left join gave), and a chunk of
 impressions takes its rows by key. The summary counts (nulls, OOV values, values) are kept per
 table row and weighted by how often each row is taken, so they equal those of mapping every
@@ -22,7 +22,7 @@ from recsys_moe.features.lookup import list_parts, numpy_of
 from recsys_moe.features.spec import OOV_INDEX
 
 if TYPE_CHECKING:
-    from recsys_moe.features.transform import FeatureMapper
+    from recsys_moe.features.mapper import FeatureMapper
 
 ENTITY_KEYS = {"user": "user_id", "item": "item_id"}
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import polars as pl
 
 from recsys_moe.config import Config, FeatureDef, FeaturesConfig, Window
-from recsys_moe.data.raw import RawTables
 from recsys_moe.data.schema import RawDataError
+from recsys_moe.data.tables import RawTables
 from recsys_moe.features.enrich import Replay, available_columns, initial_state
 from recsys_moe.features.pointintime import POINT_IN_TIME_COLUMNS
 from recsys_moe.features.spec import FeatureSpec, TableSpec

@@ -31,8 +31,8 @@ class Mapped:
 def numpy_of(arr: pa.Array) -> np.ndarray:
     """An Arrow array as numpy (zero-copy when it has no nulls; nulls of an int array become NaN).
 
-    Goes through Polars because pyarrow's own ``to_numpy`` imports pandas on first use (0.25 s of
-    every CLI start)."""
+    Goes through Polars because pyarrow's own ``to_numpy`` imports pandas on first use, which
+    would slow every CLI start."""
     return pl.Series(arr).to_numpy()
 
 
@@ -51,7 +51,7 @@ def int64_array(values: np.ndarray, valid: np.ndarray | None = None) -> pa.Array
     """An Arrow int64 array over ``values`` without a copy (null where ``valid`` is False).
 
     Built from buffers rather than ``pa.array``, whose first call on a numpy array imports pandas
-    (0.4 s) only to ask whether the array is a pandas one."""
+    only to ask whether the array is a pandas one."""
     values = np.ascontiguousarray(values, dtype=np.int64)
     bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
     nulls = 0 if valid is None else int(len(valid) - np.count_nonzero(valid))

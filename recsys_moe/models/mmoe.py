@@ -27,7 +27,7 @@ class MMoEBody(nn.Module):
         x = inputs[0]
         experts = self.experts(x)  # [E, B, D]
         gates = self.gates(x)  # weights [T, B, E]
-        # One batched matmul [B, T, E] @ [B, E, D]. (A broadcast product [T, B, E, D] summed over
-        # E ran 4% (torch) to 8% (ONNX Runtime) slower on the KuaiRand model at 4,096 rows.)
+        # One batched matmul [B, T, E] @ [B, E, D]: faster, in torch and in ONNX Runtime, than a
+        # broadcast product [T, B, E, D] summed over E.
         mixed = torch.matmul(gates.weights.to(experts.dtype).permute(1, 0, 2), experts.transpose(0, 1))
         return list(mixed.unbind(1)), gates

@@ -16,8 +16,8 @@ class DotInteraction(nn.Module):
 
     Each group's features are stacked to ``[B, n, w]``; one batched matmul gives every dot product
     ``[B, n, n]`` and the pairs above the diagonal are read out with one gather, as in DLRM. (Two
-    gathers of the pair members followed by a product and a sum moved ``2 * pairs * w`` floats per
-    row and took a quarter of ONNX Runtime's time on the KuaiRand model.)"""
+    gathers of the pair members followed by a product and a sum move ``2 * pairs * w`` floats per
+    row, which dominated ONNX Runtime's time.)"""
 
     def __init__(self, dims: Sequence[int]) -> None:
         super().__init__()
@@ -46,9 +46,9 @@ class DotInteraction(nn.Module):
         the ONNX twin has them: no slicing back out of the concatenation.
 
         The pairs are read out with a matmul against a constant 0/1 matrix (one 1 per column, so
-        the values are exact): ONNX Runtime's Gather along axis 1 copies element by element, and
-        the matmul made the whole KuaiRand model 10% faster there (torch eager is 6% faster with
-        ``index_select``, which :meth:`forward` keeps)."""
+        the values are exact): ONNX Runtime's Gather along axis 1 copies element by element, so the
+        matmul is faster there, while torch eager is faster with ``index_select``, which
+        :meth:`forward` keeps (docs/design.md)."""
         index: dict[int, list[int]] = {}
         for i, p in enumerate(parts):
             index.setdefault(p.shape[1], []).append(i)

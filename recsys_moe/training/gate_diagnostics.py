@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recsys_moe.metrics.names import GATE
+
 log = logging.getLogger(__name__)
 
 
@@ -60,11 +62,11 @@ class GateSummary:
         out: dict[str, float] = {}
         for t, name in enumerate(self.task_names):
             for e in range(self.mean_weights.shape[1]):
-                out[f"{prefix}gate_{name}_expert{e}"] = float(self.mean_weights[t, e])
-            out[f"{prefix}gate_entropy_{name}"] = float(self.entropy[t])
+                out[f"{prefix}{GATE}/{name}/expert{e}"] = float(self.mean_weights[t, e])
+            out[f"{prefix}{GATE}/{name}/entropy"] = float(self.entropy[t])
         for e, u in enumerate(self.utilisation):
-            out[f"{prefix}expert_util_{e}"] = float(u)
-        out[f"{prefix}collapsed_experts"] = float(len(self.collapsed_experts))
+            out[f"{prefix}{GATE}/expert{e}/utilisation"] = float(u)
+        out[f"{prefix}{GATE}/collapsed_experts"] = float(len(self.collapsed_experts))
         return out
 
     def warn_collapse(self) -> list[int]:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys_moe.config import GateConfig, TasksConfig, TrainingConfig
-from recsys_moe.evaluation.metrics import task_metrics
+from recsys_moe.metrics.functions import task_metrics
 from recsys_moe.models import MultiTaskModel
 from recsys_moe.training.batches import Batch
 from recsys_moe.training.gate_diagnostics import GateAccumulator, GateSummary
@@ -21,7 +21,8 @@ class MultiTaskModule(L.LightningModule):
     Loss: ``sum_t w_t * L_t`` (fixed weights) or, with ``tasks.weighting: uncertainty``,
     ``sum_t w_t * (exp(-s_t) * L_t + s_t)`` with learned ``s_t = log sigma_t^2`` (Kendall et al.,
     CVPR 2018); plus ``gate.balance_weight * balance_loss`` for sparse gates. Validation logs
-    ``val/<metric>_<task>``, ``val/loss`` and gate diagnostics.
+    ``val/<task>/<metric>``, ``val/loss`` and ``val/gate/...`` diagnostics (names:
+    :mod:`recsys_moe.metrics.names`).
     """
 
     def __init__(self, model: MultiTaskModel, tasks: TasksConfig, training: TrainingConfig, gate: GateConfig) -> None:

@@ -31,6 +31,8 @@ from recsys_moe import tracking
 from recsys_moe.atomic import replacing
 from recsys_moe.config import Config
 from recsys_moe.features.spec import FeatureSpec
+from recsys_moe.layout import WorkDir
+from recsys_moe.metrics import names as metric_names
 from recsys_moe.models import build_model
 from recsys_moe.training.artifacts import save_model
 from recsys_moe.training.batches import BatchLoader
@@ -64,8 +66,8 @@ class TrainResult:
 
 
 def default_paths(cfg: Config) -> dict[str, Path]:
-    base = cfg.experiment.work_dir
-    return {"spec": base / "features" / "spec", "data": base / "features" / "data", "output": base / "train" / cfg.model.kind}
+    layout = WorkDir.of(cfg)
+    return {"spec": layout.spec_dir, "data": layout.features_dir, "output": layout.train_dir(cfg.model.kind)}
 
 
 def resolve_precision(cfg: Config) -> str:
@@ -157,17 +159,17 @@ def train(
     _write_json(out / "train_state.json", {"config_hash": cfg.content_hash(), "spec_hash": spec.content_hash, "run_id": run_id})
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    modes = cfg.tasks.metric_modes()
+    mode = metric_names.mode(cfg.tasks.monitor)
     monitor = f"val/{cfg.tasks.monitor}"
     ckpt_dir = out / "checkpoints"
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor=monitor, mode=modes[cfg.tasks.monitor],
+        dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor=monitor, mode=mode,
         save_top_k=1, save_last=True, auto_insert_metric_name=False,
     )
     throughput = EpochThroughput()
     cbs: list[L.Callback] = [checkpoint, throughput, *callbacks]
     if cfg.training.early_stopping_patience:
-        cbs.append(L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode=modes[cfg.tasks.monitor], patience=cfg.training.early_stopping_patience))
+        cbs.append(L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg.training.early_stopping_patience))
     trainer = L.Trainer(
         accelerator=cfg.training.accelerator, devices=cfg.training.devices, strategy=cfg.training.strategy,
         num_nodes=cfg.training.num_nodes, precision=resolve_precision(cfg), max_epochs=cfg.training.max_epochs,
@@ -212,9 +214,9 @@ def train(
         artifacts["gates/json"] = out / "gates.json"
     if cfg.tracking.enabled and run_id is not None:
         c = tracking.client(cfg)
-        for k, v in {**{f"best_{k}": v for k, v in validation.items()}, **test}.items():
+        for k, v in {**{f"best/{k}": v for k, v in validation.items()}, **test}.items():
             if v == v:  # skip NaN
-                c.log_metric(run_id, k.replace("/", "_") if k.startswith("best_") else k, v, step=trainer.global_step)
+                c.log_metric(run_id, k, v, step=trainer.global_step)
         tracking.log_artifacts(cfg, run_id, artifacts)
         c.set_terminated(run_id, "FINISHED")
     return TrainResult(

@@ -7,8 +7,8 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import log_loss, ndcg_score, roc_auc_score
 
-from recsys_moe.evaluation import metrics as m
 from recsys_moe.evaluation.bootstrap import SortedAUC, auc_delta_ci
+from recsys_moe.metrics import functions as m
 
 
 @pytest.fixture

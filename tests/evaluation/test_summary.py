@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 
 from recsys_moe.config import ConfigError, EvaluationConfig, QualityGate, load_config
-from recsys_moe.evaluation.metrics import auc
 from recsys_moe.evaluation.summary import (
     EvalRows,
     check_gates,
     evaluate_predictions,
     headline,
-    score_of,
     segment_labels,
 )
+from recsys_moe.metrics.functions import auc
 from tests.conftest import ROOT
 
 
@@ -50,10 +49,18 @@ def test_segment_names_follow_the_edges():
     assert idx.tolist() == [0, 1, 1, 2, 2, 3, 3]
 
 
-def test_score_is_the_product_of_powered_predictions():
-    preds = {"ctr": np.array([0.5, 0.1]), "watch_time": np.array([10.0, 40.0])}
-    np.testing.assert_allclose(score_of(preds, {"ctr": 1.0, "watch_time": 0.5}), [0.5 * 10 ** 0.5, 0.1 * 40 ** 0.5])
-    np.testing.assert_allclose(score_of(preds, {"ctr": 1.0, "watch_time": 0.0}), [0.5, 0.1])
+def test_ranking_uses_the_given_score_not_the_predictions():
+    rows, rng = _rows()
+    preds = {"ctr": rng.random(len(rows)), "watch_time": rng.random(len(rows)) * 30}
+    kinds = {"ctr": "binary", "watch_time": "watch_time"}
+    cfg = EvaluationConfig(score_exponents={"ctr": 1.0, "watch_time": 0.5})
+    default = evaluate_predictions(preds, kinds, rows, cfg, with_segments=False)
+    same = evaluate_predictions(preds, kinds, rows, cfg, with_segments=False,
+                                score=preds["ctr"] * np.sqrt(preds["watch_time"]))
+    ideal = evaluate_predictions(preds, kinds, rows, cfg, with_segments=False, score=rows.watch_time_s)
+    assert same["ranking"]["ndcg_at_10"] == pytest.approx(default["ranking"]["ndcg_at_10"])
+    assert ideal["ranking"]["ndcg_at_10"] == pytest.approx(1.0) and default["ranking"]["ndcg_at_10"] < 0.99
+    assert default["ranking"]["score"] == "ctr^1 * watch_time^0.5"
 
 
 def test_gates_name_the_failed_metric_and_bound():

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from recsys_moe import contract
 from recsys_moe.config import ModelConfig, TasksConfig
 from recsys_moe.export.onnx_export import (
     ExportError,
@@ -21,8 +22,8 @@ from recsys_moe.export.onnx_export import (
     read_metadata,
 )
 from recsys_moe.models import build_model
-from serving.inputs import onnx_inputs, padded_ids
-from serving.session import make_session
+from recsys_moe.serving.inputs import onnx_inputs, padded_ids
+from recsys_moe.serving.session import make_session
 
 pytestmark = pytest.mark.slow
 ZILN = TasksConfig.model_validate({"tasks": [{"name": "ctr", "kind": "binary"},
@@ -147,8 +148,25 @@ def test_io_binding_path_gives_the_same_outputs(exported):
     assert len(only) == 1 and only[0].shape == (500,)
 
 
+def test_score_output_is_the_contracts_ranking_score(small_features, tmp_path):
+    """The graph's score uses the exponents it was exported with, as evaluation computes it."""
+    cfg, spec = small_features
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(), TasksConfig(), spec).eval()
+    exps = {"ctr": 2.0, "watch_time": 0.5}
+    path, _ = export_onnx(model, spec, tmp_path / "model.onnx", rows(cfg, "validation"), score_exponents=exps)
+    assert contract.parse_exponents(read_metadata(path)["score_exponents"]) == exps
+    session = make_session(path)
+    probs, seconds, score = session.run(onnx_inputs(rows(cfg, "test"), spec))
+    want = contract.ranking_score({"ctr": probs, "watch_time": seconds}, exps)
+    np.testing.assert_allclose(score, want, rtol=1e-5)
+    assert not np.allclose(score, probs * seconds, rtol=1e-3)  # really not the default exponents
+
+
 def test_serving_and_scoring_job_import_without_torch():
-    code = "import sys; sys.modules['torch'] = None; import serving.session, serving.inputs, serving.candidates, recsys_moe.features, pipelines.batch_scoring; print('ok')"
+    code = ("import sys; sys.modules['torch'] = None; import recsys_moe.serving.session, recsys_moe.serving.inputs, "
+            "recsys_moe.serving.candidates, recsys_moe.serving.scoring, recsys_moe.features, recsys_moe.pipelines.batch_scoring, "
+            "recsys_moe.contract, recsys_moe.registry, recsys_moe.layout; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 

@@ -7,7 +7,7 @@ import polars as pl
 from recsys_moe.features import fit
 from recsys_moe.features.enrich import Replay, initial_state, joined_columns_only
 from recsys_moe.features.entities import EntityAttributes
-from recsys_moe.features.transform import FeatureMapper
+from recsys_moe.features.mapper import FeatureMapper
 
 
 def test_entity_attributes_equal_joined_mapping(small):

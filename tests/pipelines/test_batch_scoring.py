@@ -1,7 +1,9 @@
-"""Batch scoring job: same predictions as torch, one row per input row after a SIGKILL, refusals."""
+"""Batch scoring job: same predictions as torch, one row per input row after a SIGKILL, refusals,
+the state found without --state, an empty state, corrupt input, the score evaluation ranks by."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,15 +17,16 @@ import pytest
 import torch
 import yaml
 
-from pipelines import batch_scoring
-from pipelines.batch_scoring import ScoringError, score
 from recsys_moe.config import ModelConfig, TasksConfig
 from recsys_moe.data.raw import load_raw
 from recsys_moe.export.onnx_export import export_onnx
 from recsys_moe.features.enrich import enrich_candidates
+from recsys_moe.features.mapper import FeatureMapper
 from recsys_moe.features.pointintime import HistoryState
-from recsys_moe.features.transform import FeatureMapper
 from recsys_moe.models import build_model
+from recsys_moe.pipelines.batch_scoring import run as score
+from recsys_moe.serving import scoring
+from recsys_moe.serving.scoring import ScoringError
 from recsys_moe.training.batches import ColumnarSplit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +52,7 @@ def candidates(cfg) -> Path:
 def test_scores_equal_torch_on_the_same_raw_rows(exported, tmp_path, monkeypatch, slice_rows):
     cfg, spec, model, onnx_path = exported
     if slice_rows:  # parts of 1000 rows prepared and scored as slices of 300, 300, 300 and 100
-        monkeypatch.setattr(batch_scoring, "SLICE_ROWS", slice_rows)
+        monkeypatch.setattr(scoring, "SLICE_ROWS", slice_rows)
     summary = score(cfg, str(onnx_path), candidates(cfg), tmp_path / "out", batch_rows=1000)
     raw_rows = pl.read_parquet(candidates(cfg))
     got = pl.read_parquet(tmp_path / "out" / "*.parquet")
@@ -62,11 +65,9 @@ def test_scores_equal_torch_on_the_same_raw_rows(exported, tmp_path, monkeypatch
     manifest = json.loads((tmp_path / "out/MANIFEST.json").read_text())
     assert manifest["complete"] and sum(manifest["parts"].values()) == raw_rows.height
 
-    state = HistoryState.load(cfg.experiment.work_dir / "features/data/state")
-    feats = FeatureMapper(spec).features(enrich_candidates(raw_rows, load_raw(cfg.data), state))[0].to_arrow()
-    batch = ColumnarSplit(spec, feats, "reference", label_columns=()).batch(torch.arange(feats.num_rows))
-    with torch.no_grad():
-        ref = model(batch.sparse, batch.dense)
+    state_dir = cfg.experiment.work_dir / "features/data/state"
+    assert summary.state_source == f"{state_dir} (features transform)"  # found without --state
+    ref, _ = _torch_reference(spec, model, cfg, raw_rows, HistoryState.load(state_dir))
     np.testing.assert_allclose(got["probs_ctr"].to_numpy(), ref["probs_ctr"].numpy(), atol=1e-5)
     np.testing.assert_allclose(got["pred_watch_time"].to_numpy(), ref["pred_watch_time"].numpy(), rtol=1e-5, atol=1e-5)
 
@@ -157,3 +158,97 @@ def test_missing_column_empty_input_and_no_input(exported, tmp_path):
         score(cfg, str(onnx_path), tmp_path / "empty.parquet", tmp_path / "out2")
     with pytest.raises(ScoringError, match="no Parquet input"):
         score(cfg, str(onnx_path), tmp_path / "nothing-here", tmp_path / "out3")
+
+
+def _cli_score(cfg, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return subprocess.run([sys.executable, "-m", "recsys_moe.cli", "score", "-c", str(cfg_path), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+
+
+def _torch_reference(spec, model, cfg, raw_rows: pl.DataFrame, state: HistoryState) -> tuple[dict, pl.DataFrame]:
+    enriched = enrich_candidates(raw_rows, load_raw(cfg.data), state)
+    feats = FeatureMapper(spec).features(enriched)[0].to_arrow()
+    batch = ColumnarSplit(spec, feats, "reference", label_columns=()).batch(torch.arange(feats.num_rows))
+    with torch.no_grad():
+        return model(batch.sparse, batch.dense), enriched
+
+
+def test_an_empty_state_or_none_at_all_gives_zero_counters(exported, tmp_path):
+    """A source with no prior history and no transform yet: zero counters, empty lists, no crash."""
+    cfg, spec, model, onnx_path = exported
+    hist = spec.features.history
+    empty = tmp_path / "empty_state"
+    HistoryState.empty(hist.max_len, hist.long_watch_s).save(empty)
+    given = _cli_score(cfg, tmp_path, "--model", str(onnx_path), "--input", str(candidates(cfg)), "-o", str(tmp_path / "a"),
+                       "--state", str(empty))
+    assert given.returncode == 0, given.stderr
+    bare = cfg.model_copy(update={"experiment": cfg.experiment.model_copy(update={"work_dir": tmp_path / "new_work"})})
+    found = _cli_score(bare, tmp_path, "--model", str(onnx_path), "--input", str(candidates(cfg)), "-o", str(tmp_path / "b"))
+    assert found.returncode == 0, found.stderr
+    assert "no saved history state" in " ".join(found.stderr.split())
+    a, b = pl.read_parquet(tmp_path / "a/*.parquet"), pl.read_parquet(tmp_path / "b/*.parquet")
+    ref, enriched = _torch_reference(spec, model, cfg, pl.read_parquet(candidates(cfg)), HistoryState.load(empty))
+    assert (enriched["user_impressions"] == 0).all() and (enriched["item_impressions"] == 0).all()
+    assert enriched["user_ctr"].null_count() == enriched.height and enriched["hist_click_items"].list.len().sum() == 0
+    np.testing.assert_allclose(a["probs_ctr"].to_numpy(), ref["probs_ctr"].numpy(), atol=1e-5)
+    assert a.drop("model_version").equals(b.drop("model_version"))
+
+
+def test_corrupt_or_truncated_input_exits_2_naming_the_file(exported, tmp_path):
+    cfg, _, _, onnx_path = exported
+    good = next(candidates(cfg).glob("*.parquet")).read_bytes()
+    (tmp_path / "garbage.parquet").write_bytes(b"this is not parquet at all" * 10)
+    (tmp_path / "truncated.parquet").write_bytes(good[: len(good) // 2])
+    for name in ("garbage.parquet", "truncated.parquet"):
+        out = _cli_score(cfg, tmp_path, "--model", str(onnx_path), "--input", str(tmp_path / name), "-o", str(tmp_path / "out"))
+        said = " ".join(out.stderr.split())
+        assert out.returncode == 2, said
+        assert f"{tmp_path / name}: not a readable Parquet file" in said and "Traceback" not in said
+    assert not (tmp_path / "out").exists()
+
+
+def test_written_score_is_the_score_evaluation_ranks_by(small_features, tmp_path):
+    """Non-default exponents, and candidates whose features are exactly the test split's: every row
+    of the scored day shares one timestamp (rows sharing a timestamp never see each other), and
+    scoring reads the state as of the day before, so both jobs feed the model the same inputs."""
+    from recsys_moe.config import SplitConfig
+    from recsys_moe.data.raw import read_synthetic
+    from recsys_moe.features import fit, transform
+    from recsys_moe.layout import WorkDir
+    from recsys_moe.pipelines.evaluation import run as evaluate
+    from tests.features.conftest import small_config
+
+    base, _ = small_features
+    raw_dir = tmp_path / "raw"
+    shutil.copytree(base.data.raw_dir, raw_dir)
+    day = raw_dir / "impressions" / "date=2024-01-04"
+    for f in day.glob("*.parquet"):
+        rows = pl.read_parquet(f)
+        rows.with_columns(pl.col("timestamp").dt.truncate("1d") + pl.duration(hours=12)).write_parquet(f)
+    cfg = small_config(tmp_path, f"data.raw_dir={raw_dir}", f"experiment.work_dir={tmp_path / 'work'}",
+                       "evaluation.score_exponents={ctr: 2.0, watch_time: 0.5}", "tracking.enabled=false")
+    layout, raw = WorkDir.of(cfg), read_synthetic(raw_dir)
+    spec = fit(raw, cfg)
+    transform(raw, spec, cfg.split, layout.features_dir)
+    before = SplitConfig.model_validate({"train": {"start": "2024-01-01", "end": "2024-01-01"},
+                                         "validation": {"start": "2024-01-02", "end": "2024-01-02"},
+                                         "test": {"start": "2024-01-03", "end": "2024-01-03"}})
+    transform(raw, spec, before, tmp_path / "as_of_day_3")
+    torch.manual_seed(5)
+    onnx_path = tmp_path / "m" / "model.onnx"
+    export_onnx(build_model(ModelConfig(), TasksConfig(), spec).eval(), spec, onnx_path,
+                pq.read_table(layout.split_dir("validation")), score_exponents={"ctr": 2.0, "watch_time": 0.5})
+    spec.save(onnx_path.parent / "feature_spec")
+
+    scored = score(cfg, str(onnx_path), day, tmp_path / "scores", state_dir=tmp_path / "as_of_day_3" / "state")
+    assert scored.notes == [] and scored.rows_before_state == 0
+    evaluated = evaluate(cfg, str(onnx_path), split="test", output=tmp_path / "eval", track=False)
+    written = pl.read_parquet(tmp_path / "scores/*.parquet")
+    ranked = pl.read_parquet(evaluated.output / "predictions.parquet")
+    both = written.join(ranked, on="impression_id", suffix="_eval")
+    assert both.height == written.height == ranked.height > 0
+    np.testing.assert_allclose(both["score"].to_numpy(), both["score_eval"].to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(both["probs_ctr"].to_numpy(), both["probs_ctr_eval"].to_numpy(), rtol=1e-5)
+    assert not np.allclose(written["score"], written["probs_ctr"] * written["pred_watch_time"], rtol=1e-3)

@@ -7,16 +7,20 @@ import json
 import re
 
 import numpy as np
+import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from pipelines.evaluation import EvaluationError, evaluate, features_cache_dir
+from recsys_moe import contract
 from recsys_moe.cli import app
 from recsys_moe.data.raw import read_synthetic
-from recsys_moe.export.job import run_export
+from recsys_moe.evaluation.evaluate import features_cache_dir
+from recsys_moe.export.bundle import export_bundle
 from recsys_moe.features import fit
 from recsys_moe.models import build_model
+from recsys_moe.pipelines.evaluation import EvaluationError
+from recsys_moe.pipelines.evaluation import run as evaluate
 from recsys_moe.training.artifacts import save_model
 from recsys_moe.training.train import train
 
@@ -30,7 +34,7 @@ def trained(small_features, tmp_path_factory):
                                  "tracking": cfg.tracking.model_copy(update={"enabled": False})})
     tmp = tmp_path_factory.mktemp("eval")
     result = train(cfg, output_dir=tmp / "run", progress=False, evaluate_test=True)
-    export = run_export(cfg, model_dir=result.model_dir, output=tmp / "export", parity_rows=1000, register=False)
+    export = export_bundle(cfg, model_dir=result.model_dir, output=tmp / "export", parity_rows=1000, register=False)
     return cfg, spec, result, export, tmp
 
 
@@ -44,7 +48,7 @@ def test_checkpoint_folder_and_onnx_give_the_same_metrics(trained, tmp_path):
         assert round(got["onnx"][key], 4) == round(value, 4), key
         assert round(got["ckpt"][key], 4) == round(value, 4), key
     # the job's AUC is the training job's test AUC (same rows, same model)
-    assert got["folder"]["ctr/auc"] == pytest.approx(result.test["test/auc_ctr"], abs=1e-6)
+    assert got["folder"]["ctr/auc"] == pytest.approx(result.test["test/ctr/auc"], abs=1e-6)
 
 
 def test_reports_are_written_self_contained_and_tracked(trained, tmp_path, mlflow_uri):
@@ -70,6 +74,22 @@ def test_reports_are_written_self_contained_and_tracked(trained, tmp_path, mlflo
     assert run.data.metrics["test/ctr/auc"] == pytest.approx(out.headline["ctr/auc"])
     listed = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(out.run_id, "evaluation")}
     assert {"evaluation/report.html", "evaluation/report.md", "evaluation/metrics.json"} <= listed
+
+
+def test_onnx_score_exponents_must_match_the_config(trained, tmp_path):
+    """The ONNX model was exported with the default exponents (1, 1): evaluating it under other
+    exponents is refused, since its score would not be the one the config ranks by."""
+    cfg, _, result, export, _ = trained
+    other = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"score_exponents": {"ctr": 1.0, "watch_time": 0.5}})})
+    with pytest.raises(EvaluationError, match="score is ctr=1,watch_time=1 but the config's evaluation.score_exponents give ctr=1,watch_time=0.5"):
+        evaluate(other, str(export.onnx_path), output=tmp_path / "x", track=False)
+    folder = evaluate(other, str(result.model_dir), output=tmp_path / "folder", track=False)  # torch: config's exponents
+    assert folder.metrics["primary"]["ranking"]["score"] == "ctr^1 * watch_time^0.5"
+    preds = pl.read_parquet(folder.output / "predictions.parquet")
+    assert preds.columns == ["impression_id", "probs_ctr", "pred_watch_time", "score"]
+    want = contract.ranking_score({"ctr": preds["probs_ctr"].to_numpy(), "watch_time": preds["pred_watch_time"].to_numpy()},
+                                  {"ctr": 1.0, "watch_time": 0.5})
+    np.testing.assert_allclose(preds["score"].to_numpy(), want, rtol=1e-6)
 
 
 def test_failed_gate_exits_one_and_names_the_gate(trained, tmp_path, monkeypatch):
@@ -106,7 +126,7 @@ def test_unknown_model_and_nan_predictions_are_clear_errors(trained, tmp_path, m
     with pytest.raises(EvaluationError, match="not a model folder"):
         evaluate(cfg, str(tmp_path / "nothing"), track=False)
     from recsys_moe.evaluation import predict
-    from recsys_moe.evaluation.metrics import MetricError
+    from recsys_moe.metrics.functions import MetricError
 
     real = predict.TorchPredictor.predict
 

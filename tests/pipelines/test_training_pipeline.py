@@ -1,6 +1,7 @@
 """The scheduled pipeline end to end on a small synthetic feed: promotion, a worse challenger kept
 out, an idempotent rerun, a SIGKILL mid-run resumed, two concurrent runs, a failing step."""
 
+import datetime as dt
 import json
 import os
 import signal
@@ -14,8 +15,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines.training_pipeline import STEPS, PipelineError, run_config, run_pipeline
 from recsys_moe.data.synthetic import generate
+from recsys_moe.pipelines.training_pipeline import STEPS, PipelineError, run_config, run_pipeline
 from tests.features.conftest import small_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +47,8 @@ def _champion(client: MlflowClient) -> str | None:
 def test_promote_then_keep_champion_then_do_nothing(raw_dir, tmp_path, mlflow_uri):
     client = MlflowClient(mlflow_uri)
     cfg = _cfg(tmp_path, raw_dir)
-    first = run_pipeline(cfg)
+    said: list[str] = []
+    first = run_pipeline(cfg, say=said.append)
     assert first.ran == list(STEPS) and first.output("export", "version") == "1"
     assert first.output("promote", "promoted") and _champion(client) == "1"
     report = Path(first.output("evaluate", "report"))
@@ -55,6 +57,20 @@ def test_promote_then_keep_champion_then_do_nothing(raw_dir, tmp_path, mlflow_ur
     day = pl.read_parquet(raw_dir / "impressions" / f"date={cfg.split.test.end}" / "*.parquet")
     assert scores.height == day.height and set(scores["impression_id"]) == set(day["impression_id"])
     assert (scores["model_version"] == f"models:/{NAME}/1").all()
+    # the default candidates are the as-of day's pairs as of the next day: after the state, no note
+    assert (scores["timestamp"].dt.date() == cfg.split.test.end + dt.timedelta(days=1)).all()
+    assert not any("earlier than the history state" in line for line in said)
+
+    # the same scoring run standalone, as a user would after the pipeline: no --state, no --output
+    cfg_path = _write_cfg(cfg, tmp_path / "c.yaml")
+    candidates = first.output("score", "candidates")[0]
+    out = subprocess.run([sys.executable, "-m", "recsys_moe.cli", "score", "-c", str(cfg_path), "--model",
+                          f"models:/{NAME}@champion", "--input", candidates], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "COLUMNS": "300"})
+    assert out.returncode == 0, out.stderr
+    assert f"pipeline run {first.key}" in out.stderr and "note:" not in out.stderr
+    standalone = pl.read_parquet(tmp_path / "work" / "scores" / "*.parquet")
+    assert standalone.drop("model_version").equals(scores.drop("model_version"))
 
     worse = _cfg(tmp_path, raw_dir, "training.learning_rate=1e-7", "training.embedding_learning_rate=1e-7", "training.max_epochs=1")
     second = run_pipeline(worse)
@@ -144,7 +160,7 @@ def test_airflow_dag_lists_the_pipeline_steps_in_order():
     spec = importlib.util.spec_from_file_location("dag", ROOT / "pipelines/schedule/airflow_dag.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert tuple(module.STEPS) == STEPS
+    assert tuple(module.STEPS) == tuple(STEPS)
     if importlib.util.find_spec("airflow") is None:
         pytest.skip("Airflow is not installed: the DAG's graph is not built here")
     dag = module.build_dag()

@@ -8,10 +8,10 @@ import pytest
 
 from recsys_moe.data.raw import load_raw
 from recsys_moe.features.enrich import enrich_candidates, joined_columns_only
+from recsys_moe.features.mapper import FeatureMapper
 from recsys_moe.features.pointintime import HistoryState
-from recsys_moe.features.transform import FeatureMapper
-from serving.candidates import CandidateInputs
-from serving.inputs import onnx_inputs
+from recsys_moe.serving.candidates import CandidateInputs
+from recsys_moe.serving.inputs import onnx_inputs
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ def test_summary_means_entropy_and_collapse(tmp_path, caplog):
         s.warn_collapse()
     assert "expert collapse" in caplog.text and "[2]" in caplog.text
     m = s.metrics("val/")
-    assert m["val/gate_ctr_expert1"] == pytest.approx(0.5) and m["val/collapsed_experts"] == 1.0
+    assert m["val/gate/ctr/expert1"] == pytest.approx(0.5) and m["val/gate/collapsed_experts"] == 1.0
     png = s.heatmap(tmp_path / "gates.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     back = GateSummary.from_json(s.to_json())

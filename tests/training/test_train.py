@@ -30,9 +30,9 @@ def bigger_features(tmp_path_factory):
 def test_training_beats_a_constant_and_is_tracked(bigger_features, mlflow_uri, tmp_path):
     cfg, spec = bigger_features
     result = train(cfg, output_dir=tmp_path / "run", progress=False)
-    assert result.validation["val/auc_ctr"] > 0.65  # a constant predictor scores 0.5
-    assert result.test["test/auc_ctr"] > 0.65
-    assert result.validation["val/spearman_watch_time"] > 0.1
+    assert result.validation["val/ctr/auc"] > 0.65  # a constant predictor scores 0.5
+    assert result.test["test/ctr/auc"] > 0.65
+    assert result.validation["val/watch_time/spearman"] > 0.1
     assert result.global_step == 2 * -(-_train_rows(cfg) // 512)
 
     run = MlflowClient(mlflow_uri).get_run(result.run_id)
@@ -42,7 +42,7 @@ def test_training_beats_a_constant_and_is_tracked(bigger_features, mlflow_uri, t
     assert run.data.tags["feature_spec_hash"] == spec.content_hash
     assert run.data.tags["data_window_train"] == "2024-01-01..2024-01-02"
     assert run.data.tags["git_commit"]
-    assert "val/auc_ctr" in run.data.metrics and "val/gate_ctr_expert0" in run.data.metrics
+    assert "val/ctr/auc" in run.data.metrics and "val/gate/ctr/expert0" in run.data.metrics
     client = MlflowClient(mlflow_uri)
     logged = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config", "model", "feature_spec", "metrics", "gates"} <= logged

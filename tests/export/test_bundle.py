@@ -4,7 +4,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recsys_moe.export.job import run_export
+from recsys_moe.export.bundle import export_bundle
 from recsys_moe.export.onnx_export import read_metadata
 from recsys_moe.features.spec import FeatureSpec, restore_spec_dir
 from recsys_moe.training.train import train
@@ -16,7 +16,7 @@ def test_export_trained_model_registers_a_version(small_features, mlflow_uri, tm
     cfg, spec = small_features
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_epochs": 1})})
     trained = train(cfg, output_dir=tmp_path / "run", progress=False, evaluate_test=False)
-    result = run_export(cfg, model_dir=trained.model_dir, output=tmp_path / "export", parity_rows=2000)
+    result = export_bundle(cfg, model_dir=trained.model_dir, output=tmp_path / "export", parity_rows=2000)
     assert result.parity.passed and result.parity.rows == 2000
     assert FeatureSpec.load(result.spec_dir).content_hash == spec.content_hash
     assert read_metadata(result.onnx_path)["trained_run_id"] == trained.run_id
@@ -33,5 +33,5 @@ def test_export_trained_model_registers_a_version(small_features, mlflow_uri, tm
     restored = restore_spec_dir(f"{local}/extra_files", tmp_path / "spec")
     assert FeatureSpec.load(restored).content_hash == spec.content_hash
 
-    again = run_export(cfg, model_dir=trained.model_dir, output=tmp_path / "export", parity_rows=500)
+    again = export_bundle(cfg, model_dir=trained.model_dir, output=tmp_path / "export", parity_rows=500)
     assert again.registered_version == "2"

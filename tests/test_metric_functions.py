@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import log_loss, roc_auc_score
 
-from recsys_moe.evaluation.metrics import MetricError, auc, average_ranks, logloss, rmse, spearman
+from recsys_moe.metrics.functions import MetricError, auc, average_ranks, logloss, rmse, spearman
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recsys_moe.contract import BINARY
+from recsys_moe.metrics.names import key
+
 
 class MetricError(ValueError):
     """Inputs a metric cannot be computed from (NaN predictions, mismatched lengths, ...)."""
@@ -30,7 +33,7 @@ def _check(pred: np.ndarray, label: np.ndarray, name: str) -> tuple[np.ndarray, 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks with ties given their average rank (as ``scipy.stats.rankdata``)."""
-    order = np.argsort(x)  # ties get their mean rank, so the sort need not be stable (3x faster)
+    order = np.argsort(x)  # ties get their mean rank, so the sort need not be stable (and is faster)
     xs = x[order]
     change = np.flatnonzero(np.diff(xs)) + 1
     starts = np.concatenate([[0], change])
@@ -76,12 +79,13 @@ def spearman(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def task_metrics(kind: str, name: str, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """The validation metrics of one task: binary -> auc, logloss; watch time -> rmse and
-    spearman on ``log1p(seconds)``."""
-    if kind == "binary":
-        return {f"auc_{name}": auc(pred, label), f"logloss_{name}": logloss(pred, label)}
+    """The validation metrics of one task, named as :mod:`recsys_moe.metrics.names` says:
+    binary -> ``<task>/auc``, ``<task>/logloss``; watch time -> ``<task>/rmse_log1p`` and
+    ``<task>/spearman`` on ``log1p(seconds)``."""
+    if kind == BINARY:
+        return {key(name, "auc"): auc(pred, label), key(name, "logloss"): logloss(pred, label)}
     p, y = np.log1p(np.clip(pred, 0, None)), np.log1p(np.clip(label, 0, None))
-    return {f"rmse_{name}": rmse(p, y), f"spearman_{name}": spearman(p, y)}
+    return {key(name, "rmse_log1p"): rmse(p, y), key(name, "spearman"): spearman(p, y)}
 
 
 def mae(pred: np.ndarray, target: np.ndarray) -> float:

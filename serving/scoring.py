@@ -1,0 +1,291 @@
+"""Batch scoring: raw candidate rows -> features (the transform's own mapping code, with user and
+item features mapped once per job: :mod:`recsys_moe.serving.candidates`) -> ONNX Runtime ->
+Parquet parts. Imports no torch.
+
+Output folder (a :class:`~recsys_moe.resumable_parts.ResumableParts` folder)::
+
+    part-00000.parquet ...   impression_id (when the input has it), user_id, item_id, timestamp,
+                             one column per task prediction, score, model_version
+    MANIFEST.json            fingerprint, model, rows per finished part, complete flag
+
+Part ``i`` holds input batch ``i`` (``batch_rows`` rows, in input order). A rerun with the same
+input, model bytes, history state and batch size skips the finished parts, so a killed job
+resumes with one row per input row; a rerun with anything else changed is refused (or starts
+over with ``overwrite``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys_moe import contract
+from recsys_moe.config import Config
+from recsys_moe.data.raw import load_raw
+from recsys_moe.data.schema import validate_items, validate_users
+from recsys_moe.data.tables import RawTables
+from recsys_moe.features.enrich import check_join_columns, initial_state, joined_columns_only
+from recsys_moe.features.fit import check_sources
+from recsys_moe.features.pointintime import HistoryState
+from recsys_moe.features.spec import FeatureSpec
+from recsys_moe.registry import ResolvedModel
+from recsys_moe.resumable_parts import PartsError, ResumableParts, part_name
+from recsys_moe.serving.candidates import CandidateInputs
+from recsys_moe.serving.session import Session, make_session
+
+SLICE_ROWS = 16_384
+"""Rows prepared and scored at a time inside a part: ONNX Runtime starts after the first slice
+rather than the first part, and memory holds two slices, not two parts."""
+MODEL_VERSION = "model_version"
+
+
+class ScoringError(ValueError):
+    """The job cannot run (bad input, model/spec mismatch, ...); the message says what to fix."""
+
+
+@dataclass
+class ScoreSummary:
+    output: Path
+    rows: int = 0
+    parts: int = 0
+    skipped_parts: int = 0
+    rows_before_state: int = 0
+    """Rows scored (this run) with a timestamp before the history state's last event."""
+    seconds: float = 0.0
+    provider: str = ""
+    model_version: str = ""
+    state_source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def input_files(spec: str | Path) -> list[Path]:
+    """A Parquet file, a directory (all ``*.parquet`` below it) or a glob; sorted. Every file is
+    opened once here, so a corrupt or truncated one is refused before anything is written."""
+    text = str(spec)
+    p = Path(text)
+    if p.is_dir():
+        files = sorted(p.rglob("*.parquet"))
+    elif any(ch in text for ch in "*?["):
+        files = sorted(Path(f) for f in glob.glob(text, recursive=True))
+    else:
+        files = [p] if p.is_file() else []
+    if not files:
+        raise ScoringError(f"{spec}: no Parquet input found")
+    for f in files:
+        input_rows(f)
+    return files
+
+
+def input_rows(path: Path) -> int:
+    """Rows of one input file from its footer; a clear error when it is not readable Parquet."""
+    try:
+        with pq.ParquetFile(path) as parquet:
+            return parquet.metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise ScoringError(f"{path}: not a readable Parquet file ({exc}); is it truncated or another format?") from exc
+
+
+def fingerprint(files: list[Path], onnx_path: Path, spec_hash: str, batch_rows: int, feature_files: list[Path]) -> str:
+    """What a finished part depends on: the input files, the model's bytes (a label such as
+    ``models:/name@champion`` or a file path stays the same when the model behind it changes), the
+    spec, the files features are read from (users, items, history state) and the batching."""
+    # "read_batches" names the batching scheme: a part file is only reused by the same one
+    h = hashlib.sha256(f"{spec_hash}|{batch_rows}|read_batches".encode())
+    with open(onnx_path, "rb") as model:
+        h.update(hashlib.file_digest(model, "sha256").digest())
+    for f in [*files, *feature_files]:
+        st = f.stat()
+        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def read_batches(files: list[Path], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The input's rows in order, ``batch_rows`` at a time (a batch never spans two files).
+
+    One file is open at a time and nothing is read ahead, so memory follows ``batch_rows``, not
+    the input's file sizes. (``pyarrow.dataset`` would do the same but imports pandas.)
+    """
+    for f in files:
+        try:
+            with pq.ParquetFile(f) as parquet:
+                yield from parquet.iter_batches(batch_size=batch_rows, use_threads=False)
+        except (pa.ArrowException, OSError) as exc:
+            raise ScoringError(f"{f}: cannot read it as Parquet ({exc})") from exc
+
+
+def _null_count(parquet: pq.ParquetFile, column: str) -> int:
+    """Nulls in a top-level column, from the row groups' statistics when every one has them."""
+    meta = parquet.metadata
+    counts = []
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        stats = next((group.column(j).statistics for j in range(group.num_columns) if group.column(j).path_in_schema == column), None)
+        if stats is None or not stats.has_null_count:
+            return parquet.read(columns=[column]).column(column).null_count
+        counts.append(stats.null_count)
+    return sum(counts)
+
+
+def check_input(files: list[Path], spec: FeatureSpec, raw: RawTables) -> None:
+    """Every file has the key columns with no nulls, and the columns the row features read."""
+    keys = contract.SCORING_KEY_COLUMNS
+    for f in files:
+        try:
+            with pq.ParquetFile(f) as parquet:
+                missing = [c for c in keys if c not in parquet.schema_arrow.names]
+                if missing:
+                    raise ScoringError(f"{f}: column(s) {missing} missing (scoring input needs {list(keys)})")
+                for c in keys:
+                    nulls = _null_count(parquet, c)
+                    if nulls:
+                        raise ScoringError(f"{f}: column {c!r} has {nulls:,} null value(s); every row to score needs {list(keys)}")
+        except (pa.ArrowException, OSError) as exc:
+            raise ScoringError(f"{f}: cannot read it as Parquet ({exc})") from exc
+    candidates = RawTables(impressions=pl.scan_parquet(files[0]), users=raw.users, items=raw.items, source="scoring input")
+    check_join_columns(candidates)
+    try:
+        check_sources(spec.features, candidates)
+    except ValueError as exc:
+        raise ScoringError(f"{files[0]}: {exc}") from exc
+
+
+def check_model(session: Session, spec: FeatureSpec, cfg: Config, where: Path) -> None:
+    """The model was exported with this spec, and its ``score`` uses the config's exponents."""
+    meta = session.metadata()
+    if meta.get("spec_hash") != spec.content_hash:
+        raise ScoringError(
+            f"{where}: the model was exported with FeatureSpec {meta.get('spec_hash')}, but its spec is "
+            f"{spec.content_hash}; re-export the model with `recsys-moe export`"
+        )
+    try:
+        contract.check_exponents(contract.parse_exponents(meta.get("score_exponents", ""), str(where)),
+                                 cfg.evaluation.score_exponents, str(where))
+    except contract.ContractError as exc:
+        raise ScoringError(str(exc)) from exc
+
+
+def score(
+    cfg: Config, model: ResolvedModel, files: list[Path], output: str | Path, state_dir: Path | None = None,
+    batch_rows: int = 100_000, providers: str = "auto", overwrite: bool = False,
+    on_rows: Callable[[int], None] | None = None, state_origin: str | None = None,
+) -> ScoreSummary:
+    """Score every row of ``files`` once into ``output``; history features from ``state_dir``
+    (a saved :class:`HistoryState`), or from the source's prior history when it is None."""
+    start = time.perf_counter()
+    output = Path(output)
+    spec = FeatureSpec.load(model.spec_dir)
+    session = make_session(model.onnx_path, providers, spin=False)  # (spin: when ORT runs intra-op threads)
+    check_model(session, spec, cfg, model.onnx_path)
+    summary = ScoreSummary(output, provider=session.provider, model_version=model.label)
+    if state_dir is not None and not (Path(state_dir) / "state.json").is_file():
+        raise ScoringError(f"{state_dir}: no history state here (state.json missing)")
+    # the saved history loads on a thread while the user and item tables are read (both mostly
+    # release the GIL: Parquet and CSV decoding)
+    with ThreadPoolExecutor(1, thread_name_prefix="state") as loader:
+        loading = loader.submit(HistoryState.load, Path(state_dir)) if state_dir is not None else None
+        # Only users and items are joined; the training log itself is not read (nor validated).
+        raw = load_raw(cfg.data, validate=False)
+        validate_users(raw.users, raw.files.get("users", "users"))
+        validate_items(raw.items, raw.files.get("items", "items"))
+        check_input(files, spec, raw)
+        raw = joined_columns_only(raw, spec.features)
+        state = loading.result() if loading is not None else None
+    if state is not None:
+        summary.state_source = f"{state_dir}" + (f" ({state_origin})" if state_origin else "")
+    else:
+        hist = spec.features.history
+        state = initial_state(raw, hist.max_len, hist.long_watch_s)
+        summary.state_source = "the source's prior history only"
+        summary.notes.append(
+            f"no saved history state for FeatureSpec {spec.content_hash} (run `recsys-moe features transform` "
+            "or the pipeline first, or pass --state): history features and counters start from the source's "
+            "prior history"
+        )
+    feature_files = [Path(raw.files[t]) for t in ("users", "items") if t in raw.files]
+    feature_files += sorted(Path(state_dir).iterdir()) if state_dir is not None else [Path(raw.files[t]) for t in ("history",) if t in raw.files]
+    fp = fingerprint(files, model.onnx_path, spec.content_hash, batch_rows, feature_files)
+    try:
+        parts = ResumableParts(output, fp, {"model": model.label, "spec_hash": spec.content_hash, "batch_rows": batch_rows,
+                                            "inputs": [str(f) for f in files]}, overwrite=overwrite)
+    except PartsError as exc:
+        raise ScoringError(str(exc)) from exc
+    task_outputs = session.output_names
+
+    def prepare(batch: pa.RecordBatch) -> tuple[pl.DataFrame, dict]:
+        """Output keys and model inputs of one batch (runs on the prefetch thread)."""
+        rows = pl.from_arrow(pa.Table.from_batches([batch]))
+        if state.last_ts_ms is not None:
+            ms = pl.col(contract.TIMESTAMP).dt.cast_time_unit("ms").cast(pl.Int64)
+            summary.rows_before_state += rows.select((ms < state.last_ts_ms).sum()).item()
+        keep = [c for c in (contract.IMPRESSION_ID, *contract.SCORING_KEY_COLUMNS) if c in rows.columns]
+        return rows.select(keep), candidates.result().inputs(rows)
+
+    def unfinished() -> Iterator[tuple[str, pa.RecordBatch, bool]]:
+        """(part name, slice of its rows, whether the slice is the part's last) for every part
+        not already finished."""
+        for i, batch in enumerate(read_batches(files, batch_rows)):
+            name = part_name(i)
+            done = parts.done(name)
+            if done is not None:
+                summary.skipped_parts += 1
+                summary.rows += done
+                if on_rows:
+                    on_rows(done)
+                continue
+            for begin in range(0, batch.num_rows, SLICE_ROWS):
+                yield name, batch.slice(begin, SLICE_ROWS), begin + SLICE_ROWS >= batch.num_rows
+
+    # The next slice's features are computed on a second thread while ONNX Runtime scores this
+    # one (polars, numpy and ONNX Runtime release the GIL), so the two stages overlap; a part is
+    # written once all its slices are scored.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="features") as pool:
+        # user and item features are mapped once, first thing on the feature thread, while this
+        # thread reads the first input batch
+        candidates = pool.submit(CandidateInputs, spec, raw, state)
+        work = unfinished()
+        nxt = next(work, None)
+        pending = pool.submit(prepare, nxt[1]) if nxt else None
+        part_keys: list[pl.DataFrame] = []
+        part_preds: list[list[np.ndarray]] = []
+        while nxt is not None and pending is not None:
+            name, _, last = nxt
+            keys, feeds = pending.result()
+            nxt = next(work, None)
+            pending = pool.submit(prepare, nxt[1]) if nxt else None
+            part_keys.append(keys)
+            part_preds.append(session.run(feeds))
+            if not last:
+                continue
+            out = pl.concat(part_keys).with_columns(
+                *[pl.Series(n, np.concatenate([p[j] for p in part_preds])) for j, n in enumerate(task_outputs)],
+                pl.lit(model.label).alias(MODEL_VERSION),
+            )
+            part_keys, part_preds = [], []
+            parts.write(name, out)
+            summary.parts += 1
+            summary.rows += out.height
+            if on_rows:
+                on_rows(out.height)
+    if summary.rows == 0:
+        raise ScoringError(f"{', '.join(map(str, files[:3]))}: the input has no rows")
+    if summary.rows_before_state:
+        end = dt.datetime.fromtimestamp(state.last_ts_ms / 1000, dt.UTC).isoformat(timespec="seconds")
+        summary.notes.append(
+            f"{summary.rows_before_state:,} scored rows are earlier than the history state's last event ({end}): "
+            "their history features and counters include later events, possibly their own outcomes, so do not "
+            "measure these scores against the rows' labels (`recsys-moe evaluate` does that point in time)"
+        )
+    parts.finish()
+    summary.seconds = time.perf_counter() - start
+    return summary
