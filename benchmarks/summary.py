@@ -1,0 +1,108 @@
+"""The README's benchmark summary, generated from the JSON files in benchmarks/results/.
+
+Every figure in the README's summary comes from a results file, through this script, so the two
+cannot drift apart (a test runs ``--check``).
+
+    python benchmarks/summary.py                 # print the Markdown block
+    python benchmarks/summary.py --write README.md
+    python benchmarks/summary.py --check README.md   # exit 1 when the README's block is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- benchmark-summary:start -->", "<!-- benchmark-summary:end -->"
+MODELS = {"mmoe": "MMoE", "shared_bottom": "SharedBottom", "single_task": "SingleTask"}
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _metric(block: dict, new: str, old: str) -> float:
+    """A metric under its vocabulary name, or the name older result files used."""
+    return block[new] if new in block else block[old]
+
+
+def _quality_rows(train: dict, split: str) -> list[str]:
+    rows = []
+    for kind, label in MODELS.items():
+        m = train["splits"][split]["models"].get(kind)
+        if m is None:
+            continue
+        mean, std = m["mean"], m["std"]
+        cells = []
+        for new, old in (("ctr/auc", "auc_ctr"), ("watch_time/spearman", "spearman_watch_time")):
+            cells.append(f"{_metric(mean, new, old):.4f} ± {_metric(std, new, old):.4f}")
+        rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return rows
+
+
+def summary() -> str:
+    train, train4k = _load("train_kuairand.json"), _load("train_kuairand_bs4096.json")
+    features, score, onnx = _load("features.json"), _load("score.json"), _load("onnx.json")
+    evaluate, synthetic = _load("evaluate.json"), _load("synthetic_quality.json")
+    out = [START, "",
+           f"Quality on KuaiRand-Pure, test days held out by time (`bench_train.py`, {train['date']}; mean ± std "
+           "over 3 seeds; issue split: train 04-25..05-01, validate 05-02, test 05-03..05-04):", "",
+           "| model | CTR AUC | watch-time Spearman |", "|---|---|---|", *_quality_rows(train, "issue"), "",
+           f"Speed on {train['machine']} (no GPU); each figure a median, from `benchmarks/results/`:", "",
+           "| what | figure | date | results file |", "|---|---|---|---|"]
+    issue = train["splits"]["issue"]
+    out.append(f"| MMoE training, KuaiRand, batch 2,048 (steady epochs) | {issue['mmoe_train_samples_per_s_median']:,.0f} samples/s "
+               f"| {train['date']} | `train_kuairand.json` |")
+    out.append(f"| MMoE training, KuaiRand, batch 4,096 | {train4k['splits']['issue']['mmoe_train_samples_per_s_median']:,.0f} samples/s "
+               f"| {train4k['date']} | `train_kuairand_bs4096.json` |")
+    for r in features["results"]:
+        out.append(f"| `features transform`, {r['dataset']} | {r['rows_per_s_median']:,.0f} rows/s, "
+                   f"peak RSS {r['peak_rss_mib_median']:,.0f} MiB | {features['date']} | `features.json` |")
+    at4k = next(r for r in onnx["results"] if r["batch_size"] == 4096)
+    out.append(f"| ONNX Runtime session, KuaiRand MMoE, 4,096 rows (model only) | {at4k['ort_tuned']:,.0f} rows/s "
+               f"({at4k['ort_tuned_over_torch_torchrec']:.2f}x the torchrec model) | {onnx['date']} | `onnx.json` |")
+    for r in score["results"]:
+        out.append(f"| `score` end to end, {r['dataset']} | {r['rows_per_s_median']:,.0f} rows/s, "
+                   f"peak RSS {r['peak_rss_mib_median']:,.0f} MiB | {score['date']} | `score.json` |")
+    secs = evaluate["median_seconds"]
+    out.append(f"| `evaluate` (ONNX), {evaluate['rows']:,} rows, every metric and report | {secs['evaluate_onnx']:.1f} s "
+               f"({evaluate['ratio_to_two_scorings']['evaluate_onnx']:.2f}x scoring them twice) | {evaluate['date']} | `evaluate.json` |")
+    dense = next(r for r in synthetic["results"] if r["world"] == "dense")
+    out.append(f"| synthetic dense world: MMoE CTR AUC over the oracle's | {dense['auc_ratio']:.3f} "
+               f"| {synthetic['date']} | `synthetic_quality.json` |")
+    out += ["", END]
+    return "\n".join(out)
+
+
+def replace_block(text: str, block: str) -> str:
+    if START not in text or END not in text:
+        raise SystemExit(f"the file has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    return head + block + rest.split(END, 1)[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--write", type=Path, help="Replace the summary block of this Markdown file.")
+    group.add_argument("--check", type=Path, help="Exit 1 when this file's summary block is not the current one.")
+    args = ap.parse_args()
+    block = summary()
+    if args.write:
+        args.write.write_text(replace_block(args.write.read_text(), block))
+        print(f"wrote the summary into {args.write}")
+    elif args.check:
+        if replace_block(args.check.read_text(), block) != args.check.read_text():
+            print(f"{args.check}: the benchmark summary is stale; run python benchmarks/summary.py --write {args.check}")
+            sys.exit(1)
+        print(f"{args.check}: the benchmark summary matches benchmarks/results/")
+    else:
+        print(block)
+
+
+if __name__ == "__main__":
+    main()
