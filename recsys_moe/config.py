@@ -199,6 +199,21 @@ class GateConfig(_Section):
     top_k: PositiveInt | None = None
     noise: bool = True
     """Trainable Gaussian noise on the gate logits while training (top-k gates only)."""
+    dispatch: Literal["auto", "dense", "sparse"] = "auto"
+    """How experts run under a top-k gate. ``sparse``: each expert only on the rows a task chose
+    it for (conditional computation, :mod:`recsys_moe.modules.dispatch`); ``dense``: every
+    expert on every row, mixed by the gate weights; ``auto``: sparse when its buffers hold at most
+    half the rows of the dense computation (``2 * capacity_factor * tasks * top_k <= num_experts``),
+    where the routing's own cost pays off (benchmarks/bench_experts.py). Softmax gates run dense."""
+    capacity_factor: Annotated[float, Field(gt=0.0)] = 1.25
+    """Sparse dispatch while training: an expert takes at most this many times an even share of
+    the (row, expert) pairs the tasks can route; the overflow is dropped (Switch uses 1.0-1.25)."""
+    eval_capacity_factor: Annotated[float, Field(gt=0.0)] | None = None
+    """The same in evaluation, export and scoring. Null: the busiest expert's load in the batch,
+    so nothing is dropped and a row's prediction never depends on its batch; a number bounds the
+    buffers' memory at the cost of batch-dependent drops."""
+    z_loss_weight: Annotated[float, Field(ge=0.0)] = 0.0
+    """Weight of the router z-loss (ST-MoE, Zoph et al., 2022; they use 1e-3); 0 turns it off."""
     balance_weight: Annotated[float, Field(ge=0.0)] = 0.01
     collapse_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     """Warn when an expert's mean gate weight is below this for every task (collapse)."""
@@ -226,6 +241,8 @@ class ModelConfig(_Section):
         k = self.gate.top_k
         if k is not None and k > self.num_experts:
             raise ValueError(f"model.gate.top_k ({k}) must not exceed model.num_experts ({self.num_experts})")
+        if self.gate.dispatch == "sparse" and k is None:
+            raise ValueError("model.gate.dispatch: sparse dispatch needs a top-k gate (set model.gate.top_k)")
         if not self.expert_hidden:
             raise ValueError("model.expert_hidden needs at least one layer")
         return self

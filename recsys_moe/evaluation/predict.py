@@ -117,7 +117,7 @@ class TorchPredictor:
                 for t, key in names.items():
                     outs[t].append(out[key].float().numpy())
                 if "gate_weights" in out:
-                    gates.update(out["gate_weights"])
+                    gates.update(out["gate_weights"], out.get("dispatch_routed"), out.get("dispatch_dropped"))
         summary = gates.summary(list(names), self.collapse_threshold)
         tasks = {t: np.concatenate(v) for t, v in outs.items()}
         return ModelPredictions(tasks, contract.ranking_score(tasks, self.exponents), summary.to_json() if summary else None)

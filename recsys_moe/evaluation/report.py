@@ -92,6 +92,14 @@ def blocks(result: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
                          f"Collapse: {'experts ' + str(collapsed) if collapsed else 'none'} (threshold {gates['threshold']})."))
         if "gates" in plots:
             out.append(("img", plots["gates"], "Mean gate weight per task and expert on this split"))
+        if "drop_rate" in gates:
+            out.append(("p", "Sparse dispatch: share of each task's chosen (row, expert) pairs that an expert's "
+                             "capacity dropped (model.gate.eval_capacity_factor), overall and for the experts that dropped any."))
+            rows = []
+            for t, name in enumerate(gates["tasks"]):
+                worst = [f"expert {e}: {r:.2%}" for e, r in enumerate(gates["drop_rate"][t]) if r > 0]
+                rows.append([name, f"{gates['task_drop_rate'][t]:.2%}", ", ".join(worst[:8]) or "none"])
+            out.append(("table", ["task", "dropped pairs", "by expert"], rows))
     else:
         out.append(("p", result.get("gates_note", "This model form has no gate outputs.")))
     return out

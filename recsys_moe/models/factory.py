@@ -30,6 +30,14 @@ def table_defs(spec: FeatureSpec) -> list[TableDef]:
     return defs
 
 
+def sparse_dispatch(model: ModelConfig, num_tasks: int) -> bool:
+    """Whether the experts run with sparse dispatch (see ``model.gate.dispatch``)."""
+    g = model.gate
+    if g.top_k is None or g.dispatch == "dense":
+        return False
+    return g.dispatch == "sparse" or 2 * g.capacity_factor * num_tasks * g.top_k <= model.num_experts
+
+
 def build_model(model: ModelConfig, tasks: TasksConfig, spec: FeatureSpec) -> MultiTaskModel:
     """MMoE, SharedBottom or SingleTask with the same inputs, towers and outputs."""
     task_objs = build_tasks(tasks.tasks)
@@ -42,7 +50,8 @@ def build_model(model: ModelConfig, tasks: TasksConfig, spec: FeatureSpec) -> Mu
     in_dim = embeddings[0].out_dim + len(spec.dense_columns) + (interaction.out_dim if interaction else 0)
     if model.kind == "mmoe":
         g = model.gate
-        body = MMoEBody(in_dim, n_tasks, model.num_experts, model.expert_hidden, model.dropout, g.temperature, g.top_k, g.noise)
+        body = MMoEBody(in_dim, n_tasks, model.num_experts, model.expert_hidden, model.dropout, g.temperature, g.top_k, g.noise,
+                        sparse_dispatch(model, n_tasks), g.capacity_factor, g.eval_capacity_factor)
     elif model.kind == "shared_bottom":
         body = SharedBottomBody(in_dim, n_tasks, model.expert_hidden, model.dropout)
     else:

@@ -17,7 +17,8 @@ class MultiTaskModel(nn.Module):
 
     Per task ``t``: ``raw_<t>`` (tower output, what the loss uses) plus the task's own outputs
     (``logits_<t>``/``probs_<t>`` or ``pred_<t>``). Models with gates add ``gate_weights``
-    ``[tasks, batch, experts]`` and ``balance_loss``.
+    ``[tasks, batch, experts]``, ``balance_loss`` and ``z_loss``; with sparse dispatch also
+    ``dispatch_routed`` and ``dispatch_dropped`` ``[tasks, experts]`` pair counts.
 
     The model is split into :meth:`embed` (torchrec, sparse) and :meth:`head` (dense tensors
     only), so an export twin can swap the embedding lookup and keep the head as it is.
@@ -68,6 +69,9 @@ class MultiTaskModel(nn.Module):
         if gates is not None:
             out["gate_weights"] = gates.weights
             out["balance_loss"] = gates.balance_loss
+            out["z_loss"] = gates.z_loss
+            if gates.dispatch is not None:
+                out["dispatch_routed"], out["dispatch_dropped"] = gates.dispatch
         return out
 
     def forward(self, sparse: KeyedJaggedTensor, dense: Tensor) -> dict[str, Tensor]:

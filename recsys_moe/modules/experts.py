@@ -57,3 +57,12 @@ class BatchedExperts(nn.Module):
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
             h = self.dropout(torch.relu(torch.baddbmm(b.unsqueeze(1), h, w)))
         return h
+
+    def forward_buffers(self, x: Tensor) -> Tensor:
+        """Each expert on its own rows: ``x: [E, C, in]`` (row ``c`` of buffer ``e`` goes through
+        expert ``e`` only) -> ``[E, C, out]``; one ``baddbmm`` per layer (sparse dispatch,
+        :mod:`recsys_moe.modules.dispatch`)."""
+        h = x
+        for w, b in zip(self.weights, self.biases, strict=True):
+            h = self.dropout(torch.relu(torch.baddbmm(b.unsqueeze(1), h, w)))
+        return h

@@ -20,7 +20,8 @@ class MultiTaskModule(L.LightningModule):
 
     Loss: ``sum_t w_t * L_t`` (fixed weights) or, with ``tasks.weighting: uncertainty``,
     ``sum_t w_t * (exp(-s_t) * L_t + s_t)`` with learned ``s_t = log sigma_t^2`` (Kendall et al.,
-    CVPR 2018); plus ``gate.balance_weight * balance_loss`` for sparse gates. Validation logs
+    CVPR 2018); plus ``gate.balance_weight * balance_loss`` for top-k gates and
+    ``gate.z_loss_weight * z_loss`` (the router z-loss). Validation logs
     ``val/<task>/<metric>``, ``val/loss`` and ``val/gate/...`` diagnostics (names:
     :mod:`recsys_moe.metrics.names`).
     """
@@ -48,6 +49,9 @@ class MultiTaskModule(L.LightningModule):
         if "balance_loss" in out and self.gate_cfg.top_k is not None and self.gate_cfg.balance_weight:
             parts["balance_loss"] = out["balance_loss"]
             total = total + self.gate_cfg.balance_weight * out["balance_loss"]
+        if "z_loss" in out and self.gate_cfg.z_loss_weight:
+            parts["z_loss"] = out["z_loss"]
+            total = total + self.gate_cfg.z_loss_weight * out["z_loss"]
         return total, parts
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -74,7 +78,7 @@ class MultiTaskModule(L.LightningModule):
         for k, v in keep.items():
             self._val.setdefault(k, []).append(v.detach().float().cpu())
         if "gate_weights" in out:
-            self._gates.update(out["gate_weights"])
+            self._gates.update(out["gate_weights"], out.get("dispatch_routed"), out.get("dispatch_dropped"))
 
     def epoch_metrics(self, prefix: str = "val/") -> tuple[dict[str, float], GateSummary | None]:
         """Metrics over everything collected since :meth:`on_validation_epoch_start`."""

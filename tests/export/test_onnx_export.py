@@ -24,6 +24,7 @@ from recsys_moe.export.onnx_export import (
 from recsys_moe.models import build_model
 from recsys_moe.serving.inputs import onnx_inputs, padded_ids
 from recsys_moe.serving.session import make_session
+from recsys_moe.training.batches import ColumnarSplit
 
 pytestmark = pytest.mark.slow
 ZILN = TasksConfig.model_validate({"tasks": [{"name": "ctr", "kind": "binary"},
@@ -146,6 +147,32 @@ def test_io_binding_path_gives_the_same_outputs(exported):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     only = bound.run(feeds, names=["score"])
     assert len(only) == 1 and only[0].shape == (500,)
+
+
+def test_sparse_dispatch_exports_without_control_flow_and_matches_torch(small_features, tmp_path):
+    """Capacity comes from the batch size inside the graph, so every batch size matches torch."""
+    cfg, spec = small_features
+    torch.manual_seed(4)
+    model = build_model(ModelConfig(num_experts=16, gate={"top_k": 2, "dispatch": "sparse", "eval_capacity_factor": 1.0}),
+                        TasksConfig(), spec).eval()
+    assert model.body.sparse
+    path, report = export_onnx(model, spec, tmp_path / "sparse.onnx", rows(cfg, "validation"))
+    ops = graph_ops(path)
+    assert report.passed and not forbidden_ops(ops) and {"CumSum", "ScatterElements"} <= ops
+    table = pa.concat_tables([rows(cfg, "train")] * 2)
+    for n in (1, 7, 5000):
+        assert check_parity(model, spec, path, table.slice(0, n)).passed
+    with torch.no_grad():  # a capacity factor of 1 drops pairs here: the graph drops the same ones
+        split_rows = table.slice(0, 5000)
+        batch = ColumnarSplit(spec, split_rows, "rows", ()).batch(torch.arange(5000))
+        assert model(batch.sparse, batch.dense)["dispatch_dropped"].sum() > 0
+    # the default outside training: capacity from the busiest expert in the graph, nothing dropped
+    model.body.eval_capacity_factor = None
+    path, report = export_onnx(model, spec, tmp_path / "dropless.onnx", rows(cfg, "validation"))
+    for n in (1, 7, 5000):
+        assert check_parity(model, spec, path, table.slice(0, n)).passed
+    with torch.no_grad():
+        assert model(batch.sparse, batch.dense)["dispatch_dropped"].sum() == 0
 
 
 def test_score_output_is_the_contracts_ranking_score(small_features, tmp_path):

@@ -57,3 +57,15 @@ def test_balance_loss_is_one_when_even_and_grows_when_concentrated():
 def test_top_k_larger_than_experts_is_refused():
     with pytest.raises(ValueError, match="top_k"):
         TaskGates(4, 1, 3, top_k=4)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 6])
+def test_top_k_equals_torch_topk(k):
+    from recsys_moe.modules.gates import top_k
+
+    x = torch.randn(3, 50, 8, requires_grad=True)
+    values, indices = top_k(x, k)
+    want_v, want_i = x.topk(k, dim=-1)
+    assert torch.equal(indices, want_i) and torch.equal(values, want_v)
+    values.sum().backward()
+    assert x.grad.sum() == 3 * 50 * k  # gradient reaches exactly the chosen logits

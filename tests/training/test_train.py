@@ -107,3 +107,19 @@ def test_resume_after_sigkill_ends_with_the_same_steps(small_features, mlflow_ur
     assert torch.load(last, weights_only=True)["global_step"] == want
     assert json.loads((killed_dir / "train_state.json").read_text())["run_id"] == run_id
     assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_sparse_top_k_training_logs_drops_and_z_loss(small_features, mlflow_uri, tmp_path):
+    """16 experts, top-2, sparse dispatch with a tight capacity: it trains, and the drop rate and
+    the router z-loss reach MLflow."""
+    cfg, _ = small_features
+    cfg = cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"num_experts": 16, "gate": cfg.model.gate.model_copy(update={
+            "top_k": 2, "capacity_factor": 0.5, "eval_capacity_factor": 0.5, "z_loss_weight": 1e-3})}),
+        "training": cfg.training.model_copy(update={"max_epochs": 1}),
+    })
+    result = train(cfg, output_dir=tmp_path / "run", progress=False, evaluate_test=False)
+    assert 0 < result.validation["val/gate/ctr/drop_rate"] < 1
+    assert result.gates["task_drop_rate"][0] == pytest.approx(result.validation["val/gate/ctr/drop_rate"], abs=1e-6)
+    metrics = MlflowClient(mlflow_uri).get_run(result.run_id).data.metrics
+    assert "val/gate/watch_time/expert15/drop_rate" in metrics and metrics["train/z_loss"] > 0

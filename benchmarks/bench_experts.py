@@ -1,0 +1,223 @@
+"""Experts that scale without compute: dense vs sparse dispatch over 4, 16 and 64 experts.
+
+Two parts (``--parts``):
+
+- ``layer``: the MMoE body alone (gates, experts, mixing) on random inputs of the KuaiRand model's
+  width, batch 4,096, two tasks: rows/s of a training step (forward and backward) in torch, and of
+  scoring in ONNX Runtime (the graph exported as the model export does, run by the jobs' session).
+  Expert hidden sizes: the shipped default ``[64]`` and the wider ``[256, 128]``.
+- ``models``: the whole model trained on KuaiRand and on the synthetic data-rich world (one seed
+  per configuration; ``--quality-seeds`` more for 4 dense experts and 16 experts top-2 sparse):
+  training samples/s (steady epochs: batches, forward, backward, optimiser), ONNX Runtime rows/s of
+  the exported model at 4,096 rows, parameters, the share of chosen pairs dropped on the
+  validation split, and test CTR AUC and watch-time Spearman.
+
+Configurations: for each expert count, a softmax gate (every expert, every row), top-1 and top-2
+gates run dense (every expert computed, the gate masks them) and the same run sparse (only the
+chosen experts run, capacity factor 1.25 in training and 2.0 otherwise). Writes
+benchmarks/results/experts.json and prints the tables.
+
+    python benchmarks/bench_experts.py [--parts layer models] [--datasets kuairand synthetic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import machine, write_results  # noqa: E402
+
+KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
+BATCH = 4096
+TASKS = 2
+
+
+def configs(experts: list[int], ks: list[int]) -> list[dict]:
+    out = []
+    for e in experts:
+        out.append({"experts": e, "top_k": None, "dispatch": "dense", "name": f"{e} softmax"})
+        for k in ks:
+            if k < e:
+                out += [{"experts": e, "top_k": k, "dispatch": d, "name": f"{e} top-{k} {d}"} for d in ("dense", "sparse")]
+    return out
+
+
+def _median_rate(fn, rows: int, iters: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return rows / statistics.median(times)
+
+
+def layer_part(experts: list[int], ks: list[int], hidden_sets: list[list[int]], in_dim: int, iters: int, work: Path) -> list[dict]:
+    import torch
+    from torch import nn
+
+    from recsys_moe.models.mmoe import MMoEBody
+    from recsys_moe.serving.session import make_session
+
+    class Stacked(nn.Module):
+        def __init__(self, body: MMoEBody) -> None:
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return torch.stack(self.body([x])[0], dim=1)  # batch first: the session chunks rows
+
+    rows = []
+    x = torch.randn(BATCH, in_dim)
+    for hidden in hidden_sets:
+        for c in configs(experts, ks):
+            torch.manual_seed(0)
+            body = MMoEBody(in_dim, TASKS, c["experts"], hidden, top_k=c["top_k"], sparse=c["dispatch"] == "sparse")
+
+            def step(body=body):
+                body.zero_grad(set_to_none=True)
+                out, gates = body([x])
+                loss = sum(o.square().mean() for o in out) + gates.balance_loss
+                loss.backward()
+
+            body.train()
+            train_rate = _median_rate(step, BATCH, iters)
+            body.eval()
+            path = work / f"layer-{c['name'].replace(' ', '_')}-{'x'.join(map(str, hidden))}.onnx"
+            batch = torch.export.Dim("batch", min=1)
+            program = torch.onnx.export(Stacked(body).eval(), (x[:64],), dynamo=True, input_names=["x"], output_names=["h"],
+                                        dynamic_shapes=({0: batch},), opset_version=18, verbose=False)
+            program.save(str(path))
+            session = make_session(path, providers="cpu")
+            feeds = {"x": x.numpy()}
+            with torch.no_grad():
+                np_ref = Stacked(body)(x).numpy()
+            got = session.run(feeds)[0]
+            ort_rate = _median_rate(lambda s=session, f=feeds: s.run(f), BATCH, iters)
+            row = {"hidden": hidden, **c, "train_step_rows_per_s": train_rate, "ort_rows_per_s": ort_rate,
+                   "ort_max_abs_diff": float(abs(got - np_ref).max())}
+            rows.append(row)
+            print(f"layer {hidden} {c['name']:<18} train step {train_rate:>10,.0f} rows/s   ORT {ort_rate:>10,.0f} rows/s", flush=True)
+    return rows
+
+
+def _prepare(dataset: str, work: Path, max_epochs: int):
+    from recsys_moe.config import load_config
+    from recsys_moe.data.raw import load_raw
+    from recsys_moe.features import fit, transform
+    from recsys_moe.layout import WorkDir
+
+    if dataset == "kuairand":
+        cfg = load_config(ROOT / "configs/kuairand.yaml", [f"data.kuairand.path={KUAIRAND}", f"experiment.work_dir={work}",
+                                                             f"training.max_epochs={max_epochs}"])
+    else:
+        from bench_synthetic_quality import WORLDS
+
+        cfg = load_config(ROOT / "configs/synthetic.yaml", [*WORLDS["data-rich"], f"data.raw_dir={work / 'raw'}",
+                                                              f"experiment.work_dir={work}", f"training.max_epochs={max_epochs}"])
+        from recsys_moe.data.synthetic import generate
+
+        generate(cfg.data.synthetic, cfg.experiment.seed, cfg.data.raw_dir)
+    raw = load_raw(cfg.data)
+    spec = fit(raw, cfg)
+    layout = WorkDir.of(cfg)
+    spec.save(layout.spec_dir)
+    transform(raw, spec, cfg.split, layout.features_dir)
+    return cfg, spec
+
+
+def _ort_rate(onnx_path: Path, spec, test_dir: Path, iters: int) -> float:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_moe.serving.inputs import onnx_inputs
+    from recsys_moe.serving.session import make_session
+
+    test = pq.read_table(test_dir)
+    rows = pa.concat_tables([test] * (-(-BATCH // test.num_rows))).slice(0, BATCH)
+    feeds = onnx_inputs(rows, spec)
+    session = make_session(onnx_path, providers="cpu")
+    return _median_rate(lambda: session.run(feeds), BATCH, iters)
+
+
+def models_part(dataset: str, work: Path, experts: list[int], ks: list[int], seeds: list[int], max_epochs: int, iters: int) -> dict:
+    from recsys_moe.export.bundle import export_bundle
+    from recsys_moe.layout import WorkDir
+    from recsys_moe.training.train import train
+
+    base, spec = _prepare(dataset, work / dataset, max_epochs)
+    layout = WorkDir.of(base)
+    out: dict = {"train_rows": spec.rows_fitted, "max_epochs": max_epochs, "configs": []}
+    for c in configs(experts, ks):
+        runs = []
+        extra = seeds if (c["experts"], c["top_k"], c["dispatch"]) in ((4, None, "dense"), (16, 2, "sparse")) else seeds[:1]
+        for seed in extra:
+            gate = base.model.gate.model_copy(update={"top_k": c["top_k"], "dispatch": c["dispatch"]})
+            cfg = base.model_copy(update={
+                "model": base.model.model_copy(update={"num_experts": c["experts"], "gate": gate}),
+                "experiment": base.experiment.model_copy(update={"seed": seed}),
+            })
+            run_dir = work / dataset / f"{c['name'].replace(' ', '_')}-{seed}"
+            r = train(cfg, output_dir=run_dir, resume=False, progress=False)
+            params = sum(v.numel() for k, v in __import__("torch").load(r.model_dir / "state_dict.pt", weights_only=True).items()
+                         if not k.startswith("embeddings."))
+            run = {"seed": seed, "ctr/auc": r.test["test/ctr/auc"], "watch_time/spearman": r.test["test/watch_time/spearman"],
+                   "epochs": r.epochs, "train_samples_per_s": statistics.median(r.samples_per_s[1:] or r.samples_per_s),
+                   "dense_params": params,
+                   "drop_rate": [r.validation.get(f"val/gate/{t.name}/drop_rate", 0.0) for t in cfg.tasks.tasks]}
+            if seed == extra[0]:
+                bundle = export_bundle(cfg, model_dir=r.model_dir, output=run_dir / "export", register=False, parity_rows=4096)
+                run["ort_rows_per_s"] = _ort_rate(bundle.onnx_path, spec, layout.split_dir("test"), iters)
+            runs.append(run)
+            print(f"[{dataset}] {c['name']:<18} seed {seed}: AUC {run['ctr/auc']:.4f} Spearman {run['watch_time/spearman']:.4f} "
+                  f"train {run['train_samples_per_s']:>8,.0f}/s ORT {run.get('ort_rows_per_s', float('nan')):>9,.0f}/s "
+                  f"params {params:,} drop {max(run['drop_rate']):.2%}", flush=True)
+        out["configs"].append({**c, "runs": runs,
+                               "mean": {m: statistics.mean(x[m] for x in runs) for m in ("ctr/auc", "watch_time/spearman")},
+                               "std": {m: statistics.pstdev(x[m] for x in runs) for m in ("ctr/auc", "watch_time/spearman")}})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", nargs="+", default=["layer", "models"], choices=["layer", "models"])
+    ap.add_argument("--datasets", nargs="+", default=["kuairand", "synthetic"], choices=["kuairand", "synthetic"])
+    ap.add_argument("--experts", type=int, nargs="+", default=[4, 16, 64])
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--quality-seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--max-epochs", type=int, default=5)
+    ap.add_argument("--in-dim", type=int, default=224, help="Body input width of the layer part (the KuaiRand model's is 224).")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/experts.json")
+    args = ap.parse_args()
+    import torch
+
+    results: dict = {"benchmark": "experts", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                     "torch_threads": torch.get_num_threads(), "batch_rows": BATCH, "tasks": TASKS,
+                     "capacity_factor": {"train": 1.25, "eval": 2.0}}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        if "layer" in args.parts:
+            results["layer"] = layer_part(args.experts, args.ks, [[64], [256, 128]], args.in_dim, args.iters, tmp)
+        if "models" in args.parts:
+            results["models"] = {}
+            for dataset in args.datasets:
+                if dataset == "kuairand" and not KUAIRAND.is_dir():
+                    print(f"KuaiRand data not found at {KUAIRAND}: skipped")
+                    continue
+                results["models"][dataset] = models_part(dataset, tmp, args.experts, args.ks, args.quality_seeds,
+                                                         args.max_epochs, args.iters)
+    write_results(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
