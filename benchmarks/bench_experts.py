@@ -9,8 +9,9 @@ Two parts (``--parts``):
 - ``models``: the whole model trained on KuaiRand and on the synthetic data-rich world (one seed
   per configuration; ``--quality-seeds`` more for 4 dense experts and 16 experts top-2 sparse):
   training samples/s (steady epochs: batches, forward, backward, optimiser), ONNX Runtime rows/s of
-  the exported model at 4,096 rows, parameters, the share of chosen pairs dropped on the
-  validation split, and test CTR AUC and watch-time Spearman.
+  the exported model at 4,096 rows, dense parameters, the share of chosen pairs capacity dropped in
+  the last training epoch (nothing is dropped outside training), and test CTR AUC and watch-time
+  Spearman.
 
 Configurations: for each expert count, a softmax gate (every expert, every row), top-1 and top-2
 gates run dense (every expert computed, the gate masks them) and the same run sparse (only the
@@ -172,14 +173,14 @@ def models_part(dataset: str, work: Path, experts: list[int], ks: list[int], see
             run = {"seed": seed, "ctr/auc": r.test["test/ctr/auc"], "watch_time/spearman": r.test["test/watch_time/spearman"],
                    "epochs": r.epochs, "train_samples_per_s": statistics.median(r.samples_per_s[1:] or r.samples_per_s),
                    "dense_params": params,
-                   "drop_rate": [r.validation.get(f"val/gate/{t.name}/drop_rate", 0.0) for t in cfg.tasks.tasks]}
+                   "train_drop_rate": [r.train_drop_rate.get(t.name, 0.0) for t in cfg.tasks.tasks]}
             if seed == extra[0]:
                 bundle = export_bundle(cfg, model_dir=r.model_dir, output=run_dir / "export", register=False, parity_rows=4096)
                 run["ort_rows_per_s"] = _ort_rate(bundle.onnx_path, spec, layout.split_dir("test"), iters)
             runs.append(run)
             print(f"[{dataset}] {c['name']:<18} seed {seed}: AUC {run['ctr/auc']:.4f} Spearman {run['watch_time/spearman']:.4f} "
                   f"train {run['train_samples_per_s']:>8,.0f}/s ORT {run.get('ort_rows_per_s', float('nan')):>9,.0f}/s "
-                  f"params {params:,} drop {max(run['drop_rate']):.2%}", flush=True)
+                  f"params {params:,} dropped in training {max(run['train_drop_rate']):.2%}", flush=True)
         out["configs"].append({**c, "runs": runs,
                                "mean": {m: statistics.mean(x[m] for x in runs) for m in ("ctr/auc", "watch_time/spearman")},
                                "std": {m: statistics.pstdev(x[m] for x in runs) for m in ("ctr/auc", "watch_time/spearman")}})

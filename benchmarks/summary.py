@@ -74,8 +74,80 @@ def summary() -> str:
     dense = next(r for r in synthetic["results"] if r["world"] == "dense")
     out.append(f"| synthetic dense world: MMoE CTR AUC over the oracle's | {dense['auc_ratio']:.3f} "
                f"| {synthetic['date']} | `synthetic_quality.json` |")
+    out += _experts_rows()
+    out += _compression_rows()
     out += ["", END]
     return "\n".join(out)
+
+
+def _compression_rows() -> list[str]:
+    """INT8 and pruned copies from onnx_compression.json, the paper sizing from sizing.json."""
+    out: list[str] = []
+    if (RESULTS / "onnx_compression.json").is_file():
+        comp = _load("onnx_compression.json")
+        out += ["", f"Smaller serving copies (`bench_onnx.py --part compression`, {comp['date']}): file, peak RSS of a process "
+                "scoring with the model, ONNX Runtime rows/s, and the quality gate against float32 on the validation split:", "",
+                "| model | copy | file | peak RSS | rows/s at 4,096 | rows/s at 32,768 | CTR AUC drop | Spearman drop |",
+                "|---|---|---|---|---|---|---|---|"]
+        for name, m in comp["models"].items():
+            for variant, v in m["variants"].items():
+                export = m["exports"]["pruned" if variant.startswith("pruned") else "plain"]
+                q = export["int8_quality"] if variant.endswith("int8") else export["prune_quality"] if variant == "pruned" else None
+                drops = ["", ""]
+                if q:
+                    drops = [f"{q['tasks']['ctr']['auc_drop']:+.5f}", f"{q['tasks']['watch_time']['spearman_drop']:+.5f}"]
+                out.append(f"| {name} | {variant} | {v['file_bytes'] / 2**20:,.1f} MiB | {v['peak_rss_mib']:,.0f} MiB | "
+                           f"{v['rows_per_s']['4096']:,.0f} | {v['rows_per_s']['32768']:,.0f} | {drops[0]} | {drops[1]} |")
+        for name, m in comp["models"].items():
+            cost = m["exports"]["plain"]["cost"]
+            tables = {k: v for k, v in cost["bytes"]["fp32"].items() if k.startswith("table/")}
+            big = max(tables, key=tables.get)
+            out.append("")
+            out.append(f"{name}: in float32 the tables hold {sum(tables.values()) / 2**20:,.1f} MiB ({big.removeprefix('table/')} "
+                       f"{tables[big] / 2**20:,.1f} MiB), the dense layers {cost['dense_params']['total'] * 4 / 2**20:,.2f} MiB; "
+                       f"{cost['flops_per_row']['total']:,} FLOPs per row (its `cost.json`).")
+    if (RESULTS / "sizing.json").is_file():
+        sizing = _load("sizing.json")
+        out += ["", "Embedding tables of a production catalogue, computed by the export's cost code (`bench_sizing.py`):", "",
+                "| tables | fp32 | fp16 | int8 (row-wise) |", "|---|---|---|---|"]
+        for t in sizing["tables"]:
+            out.append(f"| {t['table']} | " + " | ".join(f"{t['bytes'][p] / 1e9:,.2f} GB" for p in ("fp32", "fp16", "int8")) + " |")
+    return out
+
+
+def _experts_rows() -> list[str]:
+    """Dense vs sparse dispatch from experts.json (when it has been run)."""
+    if not (RESULTS / "experts.json").is_file():
+        return []
+    ex = _load("experts.json")
+    out = ["", f"Mixture of experts, dense vs sparse dispatch (`bench_experts.py`, {ex['date']}): the MMoE body alone, "
+           f"batch {ex['batch_rows']:,}, {ex['tasks']} tasks, experts `[64]`; rows/s of a training step and of ONNX Runtime scoring:", "",
+           "| experts | gate | train step, dense | train step, sparse | ONNX Runtime, dense | ONNX Runtime, sparse |",
+           "|---|---|---|---|---|---|"]
+    layer = [r for r in ex.get("layer", []) if r["hidden"] == [64]]
+    for e in sorted({r["experts"] for r in layer}):
+        soft = next(r for r in layer if r["experts"] == e and r["top_k"] is None)
+        out.append(f"| {e} | softmax | {soft['train_step_rows_per_s']:,.0f} | | {soft['ort_rows_per_s']:,.0f} | |")
+        for k in sorted({r["top_k"] for r in layer if r["experts"] == e and r["top_k"]}):
+            d = next(r for r in layer if r["experts"] == e and r["top_k"] == k and r["dispatch"] == "dense")
+            sp = next(r for r in layer if r["experts"] == e and r["top_k"] == k and r["dispatch"] == "sparse")
+            out.append(f"| {e} | top-{k} | {d['train_step_rows_per_s']:,.0f} | {sp['train_step_rows_per_s']:,.0f} "
+                       f"({sp['train_step_rows_per_s'] / d['train_step_rows_per_s']:.1f}x) | {d['ort_rows_per_s']:,.0f} | "
+                       f"{sp['ort_rows_per_s']:,.0f} ({sp['ort_rows_per_s'] / d['ort_rows_per_s']:.1f}x) |")
+    for dataset, block in ex.get("models", {}).items():
+        out += ["", f"Whole model on {dataset} ({block['train_rows']:,} train rows; test days held out by time; "
+                "mean ± std where 3 seeds ran, else one seed):", "",
+                "| experts | gate | dispatch | training samples/s | ONNX Runtime rows/s (4,096) | dense parameters | dropped in training | CTR AUC | watch Spearman |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for c in block["configs"]:
+            first = c["runs"][0]
+            gate = "softmax" if c["top_k"] is None else f"top-{c['top_k']}"
+
+            def stat(m: str, c=c) -> str:
+                return f"{c['mean'][m]:.4f}" + (f" ± {c['std'][m]:.4f}" if len(c["runs"]) > 1 else "")
+            out.append(f"| {c['experts']} | {gate} | {c['dispatch']} | {first['train_samples_per_s']:,.0f} | {first['ort_rows_per_s']:,.0f} "
+                       f"| {first['dense_params']:,} | {max(first['train_drop_rate']):.2%} | {stat('ctr/auc')} | {stat('watch_time/spearman')} |")
+    return out
 
 
 def replace_block(text: str, block: str) -> str:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from recsys_moe.config import GateConfig, TasksConfig, TrainingConfig
 from recsys_moe.metrics.functions import task_metrics
+from recsys_moe.metrics.names import GATE
 from recsys_moe.models import MultiTaskModel
 from recsys_moe.training.batches import Batch
 from recsys_moe.training.gate_diagnostics import GateAccumulator, GateSummary
@@ -33,6 +34,10 @@ class MultiTaskModule(L.LightningModule):
         self.log_vars = nn.Parameter(torch.zeros(len(model.tasks))) if tasks.weighting == "uncertainty" else None
         self._val: dict[str, list[Tensor]] = {}
         self._gates = GateAccumulator()
+        self._train_routed: Tensor | None = None
+        self._train_dropped: Tensor | None = None
+        self.train_drop_rate: dict[str, float] = {}
+        """Per task, the last training epoch's share of pairs dropped by sparse dispatch."""
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         return self.model(batch.sparse, batch.dense)
@@ -62,7 +67,23 @@ class MultiTaskModule(L.LightningModule):
             self.log("train/loss", total.detach(), batch_size=b, prog_bar=True)
             for k, v in parts.items():
                 self.log(f"train/{k}", v.detach(), batch_size=b)
+        if "dispatch_routed" in out:  # sparse dispatch drops pairs in training only: count them
+            routed, dropped = out["dispatch_routed"].detach(), out["dispatch_dropped"].detach()
+            self._train_routed = routed if self._train_routed is None else self._train_routed + routed
+            self._train_dropped = dropped if self._train_dropped is None else self._train_dropped + dropped
         return total
+
+    def on_train_epoch_start(self) -> None:
+        self._train_routed = self._train_dropped = None
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's share of chosen (row, expert) pairs that capacity dropped, per task."""
+        if self._train_routed is None:
+            return
+        rate = self._train_dropped.sum(1) / self._train_routed.sum(1).clamp_min(1)
+        self.train_drop_rate = {t: float(r) for t, r in zip(self.model.task_names, rate, strict=True)}
+        for t, r in self.train_drop_rate.items():
+            self.log(f"train/{GATE}/{t}/drop_rate", r)
 
     def on_validation_epoch_start(self) -> None:
         self._val = {}

@@ -63,6 +63,8 @@ class TrainResult:
     samples_per_s: list[float] = field(default_factory=list)
     seconds: float = 0.0
     resumed: bool = False
+    train_drop_rate: dict[str, float] = field(default_factory=dict)
+    """Sparse dispatch: per task, the share of chosen pairs dropped in the last training epoch."""
 
 
 def default_paths(cfg: Config) -> dict[str, Path]:
@@ -222,5 +224,5 @@ def train(
     return TrainResult(
         output_dir=out, model_dir=model_dir, run_id=run_id, best_checkpoint=best, global_step=trainer.global_step,
         epochs=trainer.current_epoch, validation=validation, test=test, gates=gates.to_json() if gates else None,
-        samples_per_s=throughput.samples_per_s, seconds=seconds, resumed=resumed,
+        samples_per_s=throughput.samples_per_s, seconds=seconds, resumed=resumed, train_drop_rate=module.train_drop_rate,
     )

@@ -119,7 +119,9 @@ def test_sparse_top_k_training_logs_drops_and_z_loss(small_features, mlflow_uri,
         "training": cfg.training.model_copy(update={"max_epochs": 1}),
     })
     result = train(cfg, output_dir=tmp_path / "run", progress=False, evaluate_test=False)
-    assert 0 < result.validation["val/gate/ctr/drop_rate"] < 1
+    assert 0 < result.validation["val/gate/ctr/drop_rate"] < 1  # eval_capacity_factor 0.5: drops in validation too
+    assert 0 < result.train_drop_rate["ctr"] < 1
     assert result.gates["task_drop_rate"][0] == pytest.approx(result.validation["val/gate/ctr/drop_rate"], abs=1e-6)
     metrics = MlflowClient(mlflow_uri).get_run(result.run_id).data.metrics
     assert "val/gate/watch_time/expert15/drop_rate" in metrics and metrics["train/z_loss"] > 0
+    assert metrics["train/gate/ctr/drop_rate"] == pytest.approx(result.train_drop_rate["ctr"])
