@@ -24,7 +24,15 @@ glibc's mmap threshold fixed at 32 MiB (``*_keep_heap``, through ``GLIBC_TUNABLE
 best cases here; ORT, with its own memory arena, does not care. Input preparation is excluded
 (model-only). Writes benchmarks/results/onnx.json.
 
-    python benchmarks/bench_onnx.py [--repeats 5] [--iters 20]
+``--part compression`` times the smaller serving copies instead (writes
+benchmarks/results/onnx_compression.json): for a trained KuaiRand MMoE (the default config's
+training) and a synthetic model with a 1M x 64 item table (trained one epoch), the float32
+export, the row-wise INT8 copy, the copy with pruned experts and both together (``export
+--int8 --prune-experts``), each with its quality gate against float32 on the validation split;
+ONNX Runtime rows/s at each batch size, and the peak RSS of a fresh process that loads the model
+and scores the batches, median over ``--repeats`` processes.
+
+    python benchmarks/bench_onnx.py [--repeats 5] [--iters 20] [--part engines|compression]
 """
 
 from __future__ import annotations
@@ -162,16 +170,147 @@ def worker(engine: str, work: Path, iters: int) -> dict[int, float]:
     return rates
 
 
+COMPRESSED_MODELS = ("kuairand", "synthetic-1m-items")
+ITEM_TABLE_ROWS = 1_000_000
+
+
+def _compression_config(name: str, work: Path):
+    from recsys_moe.config import load_config
+
+    if name == "kuairand":
+        return _config(work)
+    cfg = load_config(ROOT / "configs/synthetic.yaml", [
+        "data.synthetic.num_items=1000000", "data.synthetic.num_impressions=3000000", f"data.raw_dir={work / 'raw'}",
+        f"experiment.work_dir={work}", "training.max_epochs=1"])
+    # the item table (item id and the history lists) at dim 64
+    feats = [f.model_copy(update={"dim": 64}) if f.table_name == "item" else f for f in cfg.features.features]
+    return cfg.model_copy(update={"features": cfg.features.model_copy(update={"features": feats})})
+
+
+def prepare_compression(name: str, work: Path) -> dict:
+    """Data, a trained model and its exports: plain (fp32 + INT8) and pruned (fp32 + INT8)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_moe.data.raw import load_raw
+    from recsys_moe.export.bundle import export_bundle
+    from recsys_moe.features import fit, transform
+    from recsys_moe.layout import WorkDir
+    from recsys_moe.training.train import train
+
+    cfg = _compression_config(name, work)
+    layout = WorkDir.of(cfg)
+    if name != "kuairand":
+        from recsys_moe.data.synthetic import generate
+
+        generate(cfg.data.synthetic, cfg.experiment.seed, cfg.data.raw_dir)
+    raw = load_raw(cfg.data)
+    spec = fit(raw, cfg)
+    if name != "kuairand":  # the items seen in training plus hash buckets: exactly 1M rows
+        buckets = ITEM_TABLE_ROWS - 1 - len(spec.tables["item"].vocab)
+        feats = [f.model_copy(update={"hash_buckets": buckets}) if f.name == "item_id" else f for f in cfg.features.features]
+        cfg = cfg.model_copy(update={"features": cfg.features.model_copy(update={"features": feats})})
+        spec = fit(raw, cfg)
+        assert spec.tables["item"].num_embeddings == ITEM_TABLE_ROWS
+    spec.save(layout.spec_dir)
+    transform(raw, spec, cfg.split, layout.features_dir)
+    r = train(cfg, output_dir=work / "train", resume=False, progress=False)
+    info: dict = {"trained": {"epochs": r.epochs, "train_rows": spec.rows_fitted, "test": r.test},
+                  "tables": {n: [t.num_embeddings, t.dim] for n, t in spec.tables.items()}, "exports": {}}
+    for variant, prune in (("plain", False), ("pruned", True)):
+        out = work / f"export_{variant}"
+        b = export_bundle(cfg, model_dir=r.model_dir, output=out, register=False, int8=True, prune_experts=prune)
+        info["exports"][variant] = {"pruned_experts": b.pruned_experts, "notes": b.notes,
+                                    "int8_quality": b.int8_quality.to_json() if b.int8_quality else None,
+                                    "prune_quality": b.prune_quality.to_json() if b.prune_quality else None,
+                                    "files": {p.name: p.stat().st_size for p in out.glob("*.onnx")}, "cost": b.cost}
+    test = pq.read_table(layout.split_dir("test"))
+    big = pa.concat_tables([test] * (-(-max(BATCHES) // test.num_rows))).slice(0, max(BATCHES))
+    pq.write_table(big, work / "rows.parquet")
+    return info
+
+
+def compression_worker(path: Path, work: Path, iters: int) -> dict:
+    """rows/s at every batch size and this process's peak RSS, scoring with ``path``."""
+    import resource
+
+    import pyarrow.parquet as pq
+
+    from recsys_moe.features.spec import FeatureSpec
+    from recsys_moe.serving.inputs import onnx_inputs
+    from recsys_moe.serving.session import make_session
+
+    spec = FeatureSpec.load(path.parent / "feature_spec")
+    big = pq.read_table(work / "rows.parquet")
+    session = make_session(path, providers="cpu")
+    rates = {}
+    for b in BATCHES:
+        feeds = onnx_inputs(big.slice(0, b), spec)
+        n = max(2, iters * 4096 // b)
+        for _ in range(3):
+            session.run(feeds)
+        start = time.perf_counter()
+        for _ in range(n):
+            session.run(feeds)
+        rates[b] = b * n / (time.perf_counter() - start)
+    return {"rates": rates, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def compression_main(args) -> None:
+    import onnxruntime as ort
+
+    results: dict = {"benchmark": "onnx_compression", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                     "onnxruntime": ort.__version__, "repeats": args.repeats, "models": {}}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        for name in COMPRESSED_MODELS:
+            if name == "kuairand" and not KUAIRAND.is_dir():
+                print(f"KuaiRand data not found at {KUAIRAND}: skipped")
+                continue
+            work = tmp / name
+            info = prepare_compression(name, work)
+            variants = {"fp32": work / "export_plain/model.onnx", "int8": work / "export_plain/model.int8.onnx"}
+            if info["exports"]["pruned"]["pruned_experts"]:
+                variants |= {"pruned": work / "export_pruned/model.onnx", "pruned_int8": work / "export_pruned/model.int8.onnx"}
+            variants = {k: v for k, v in variants.items() if v.is_file()}
+            runs: dict[str, list[dict]] = {k: [] for k in variants}
+            for _ in range(args.repeats):
+                for k, path in variants.items():
+                    out = subprocess.run([sys.executable, __file__, "--compression-worker", str(path), "--work", str(work),
+                                          "--iters", str(args.iters)], cwd=ROOT, capture_output=True, text=True)
+                    if out.returncode != 0:
+                        raise SystemExit(f"{name} {k} worker failed:\n{out.stderr}")
+                    runs[k].append(json.loads(out.stdout.splitlines()[-1]))
+            rows = {}
+            for k, rs in runs.items():
+                rows[k] = {"file_bytes": variants[k].stat().st_size,
+                           "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs),
+                           "rows_per_s": {b: statistics.median(r["rates"][str(b)] for r in rs) for b in BATCHES}}
+                print(f"{name} {k:<12} {rows[k]['file_bytes'] / 2**20:8.1f} MiB file, peak RSS {rows[k]['peak_rss_mib']:7.1f} MiB, "
+                      + "  ".join(f"{b}: {v:,.0f}/s" for b, v in rows[k]["rows_per_s"].items()), flush=True)
+            results["models"][name] = {**info, "variants": rows}
+    write_results(ROOT / "benchmarks/results/onnx_compression.json", results)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--part", choices=["engines", "compression"], default="engines")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/onnx.json")
     ap.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    ap.add_argument("--compression-worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.work, args.iters)))
+        return
+    if args.compression_worker:
+        print(json.dumps(compression_worker(args.compression_worker, args.work, args.iters)))
+        return
+    if args.part == "compression":
+        compression_main(args)
         return
     import onnxruntime as ort
     import torch

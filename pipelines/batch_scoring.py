@@ -20,7 +20,7 @@ from recsys_moe.serving.scoring import ScoreSummary, ScoringError, input_files, 
 
 
 def run(cfg: Config, model: str, input_path: str | Path, output: str | Path | None = None, state_dir: str | Path | None = None,
-        batch_rows: int = 100_000, providers: str = "auto", overwrite: bool = False,
+        batch_rows: int = 100_000, providers: str = "auto", overwrite: bool = False, precision: str = "fp32",
         on_start: Callable[[int], None] | None = None, on_rows: Callable[[int], None] | None = None) -> ScoreSummary:
     """Score every row of ``input_path`` (a Parquet file, folder or glob) once; ``on_start``
     gets the input's row count before scoring starts."""
@@ -32,7 +32,7 @@ def run(cfg: Config, model: str, input_path: str | Path, output: str | Path | No
         on_start(sum(input_rows(f) for f in files))
     with tempfile.TemporaryDirectory() as cache:
         try:
-            resolved = resolve(cfg, model, Path(cache))
+            resolved = resolve(cfg, model, Path(cache), precision)
         except RegistryError as exc:
             raise ScoringError(str(exc)) from exc
         origin = None

@@ -18,11 +18,12 @@ __all__ = ["EvaluationError", "run"]
 
 
 def run(cfg: Config, model: str, compare: Sequence[str] = (), split: str | None = None, output: str | Path | None = None,
-        data_dir: str | Path | None = None, track: bool = True, providers: str = "auto",
+        data_dir: str | Path | None = None, track: bool = True, providers: str = "auto", precision: str = "fp32",
         on_step: Callable[[str], None] | None = None) -> EvalResult:
     """Evaluate ``model`` on ``split`` (default ``evaluation.split``) and log it to MLflow when
     ``track`` and tracking is enabled."""
-    result = evaluate(cfg, model, compare, split=split, output=output, data_dir=data_dir, providers=providers, on_step=on_step)
+    result = evaluate(cfg, model, compare, split=split, output=output, data_dir=data_dir, providers=providers,
+                      precision=precision, on_step=on_step)
     if track and cfg.tracking.enabled:
         if on_step:
             on_step("logging to MLflow")

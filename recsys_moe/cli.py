@@ -361,13 +361,21 @@ def export_cmd(
     run_id: Annotated[str | None, typer.Option("--run", help="MLflow run id of a training run (its `model` artifact).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Export folder (default: <work_dir>/export/<model.kind>).")] = None,
     rows: Annotated[Path | None, typer.Option("--rows", help="Model-ready Parquet for the parity check (default: the test split).")] = None,
-    parity_rows: Annotated[int, typer.Option("--parity-rows", min=1, help="Rows compared between torch and ONNX Runtime.")] = 10_000,
+    parity_rows: Annotated[int | None, typer.Option("--parity-rows", min=1, help="Rows compared between torch and ONNX Runtime (default: export.parity_rows).")] = None,
     register: Annotated[bool, typer.Option("--register/--no-register", help="Log to MLflow and register a model version.")] = True,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx for GPU serving, parity-checked within 2e-3.")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx for GPU serving, parity-checked within 2e-3 (or export.fp16).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (row-wise INT8 tables) if it passes the quality gate (or export.int8).")] = False,
+    prune_experts: Annotated[bool, typer.Option("--prune-experts", help="Leave out experts under export.prune_threshold of the gate weight for every task, if the quality gate passes (or export.prune_experts).")] = False,
 ) -> None:
-    """Export a trained model to ONNX (twin without EmbeddingBag ops), check parity, register it."""
+    """Export a trained model to ONNX (twin without EmbeddingBag ops), check parity, register it.
+
+    With --int8 or --prune-experts, the smaller model must pass a quality gate against the float32
+    export on the validation split (export.max_auc_drop, export.max_spearman_drop); when it does
+    not, the export says why and keeps the float32 model. cost.json records what each part costs.
+    """
     from recsys_moe.export.bundle import export_bundle
     from recsys_moe.export.onnx_export import ExportError
+    from recsys_moe.export.prune import PruneError
     from recsys_moe.registry import RegistryError
     from recsys_moe.training.artifacts import ModelLoadError
 
@@ -376,15 +384,21 @@ def export_cmd(
         fail("pass --model-dir or --run, not both")
     try:
         with console.status("exporting to ONNX and checking parity"):
-            result = export_bundle(cfg, model_dir=model_dir, run_id=run_id, output=output, rows=rows,
-                                   parity_rows=parity_rows, register=register, fp16=fp16)
-    except (ExportError, ModelLoadError, RegistryError, OSError) as exc:
+            result = export_bundle(cfg, model_dir=model_dir, run_id=run_id, output=output, rows=rows, parity_rows=parity_rows,
+                                   register=register, fp16=fp16 or None, int8=int8 or None, prune_experts=prune_experts or None)
+    except (ExportError, ModelLoadError, RegistryError, PruneError, OSError) as exc:
         fail(str(exc))
         raise
     console.print(result.parity.summary(), highlight=False)
     if result.fp16_parity is not None:
         console.print(f"fp16 ({result.fp16_path}): {result.fp16_parity.summary()}", highlight=False)
-    console.print(f"ONNX model: {result.onnx_path}\nFeatureSpec: {result.spec_dir}", highlight=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    total = {p: b["total"] for p, b in result.cost["bytes"].items()}
+    console.print("serving cost: " + ", ".join(f"{p} {n / 2**20:,.1f} MiB" for p, n in total.items())
+                  + f"; {result.cost['flops_per_row']['total']:,} FLOPs per row (cost.json)", highlight=False)
+    console.print(f"ONNX model: {result.onnx_path}" + (f" (INT8 copy: {result.int8_path})" if result.int8_path else "")
+                  + f"\nFeatureSpec: {result.spec_dir}", highlight=False)
     if result.registered_version:
         console.print(f"registered {result.registered_name} version {result.registered_version} (run {result.run_id})", highlight=False)
 
@@ -400,6 +414,7 @@ def evaluate_cmd(
     data_dir: Annotated[Path | None, typer.Option("--data", help="Model-ready Parquet (default: <work_dir>/features/data).")] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log metrics and reports to an MLflow run.")] = True,
     providers: Annotated[str, typer.Option("--providers", help="ONNX Runtime providers: auto, tensorrt, cuda or cpu.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="For a models:/ URI: fp32, fp16 or int8 (the version's copy of that precision).")] = "fp32",
 ) -> None:
     """Evaluate a model on a time-held-out split: metrics JSON, Markdown + HTML report, quality gates.
 
@@ -421,7 +436,7 @@ def evaluate_cmd(
     try:
         with console.status("evaluating") as status:
             result = run(cfg, model, compare or [], split=split, output=output, data_dir=data_dir, track=track,
-                         providers=providers, on_step=lambda msg: status.update(f"evaluating: {msg}"))
+                         providers=providers, precision=precision, on_step=lambda msg: status.update(f"evaluating: {msg}"))
     except (EvaluationError, MetricError, PredictError, ModelFileError, SpecError, RawDataError, OSError) as exc:
         fail(str(exc))
         raise
@@ -455,6 +470,7 @@ def score_cmd(
     state_dir: Annotated[Path | None, typer.Option("--state", help="History state to read point-in-time features from (default: the newest state a transform or pipeline run saved under <work_dir> for the model's FeatureSpec).")] = None,
     batch_rows: Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per record batch and per output part.")] = 100_000,
     providers: Annotated[str, typer.Option("--providers", help="auto (TensorRT, CUDA, CPU by availability), tensorrt, cuda or cpu.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="For a models:/ URI: fp32, fp16 or int8 (the version's copy of that precision).")] = "fp32",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output folder that holds other scores.")] = False,
 ) -> None:
     """Score raw impressions with an exported model on ONNX Runtime; resumable, atomic parts.
@@ -484,7 +500,7 @@ def score_cmd(
                 bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - start):,.0f} rows/s")
 
             summary = run(cfg, model, input_path, output, state_dir=state_dir, batch_rows=batch_rows, providers=providers,
-                          overwrite=overwrite, on_start=lambda total: bar.update(task, total=total), on_rows=on_rows)
+                          precision=precision, overwrite=overwrite, on_start=lambda total: bar.update(task, total=total), on_rows=on_rows)
     except (ScoringError, SpecError, RawDataError, ModelFileError, OSError) as exc:
         fail(str(exc))
         raise

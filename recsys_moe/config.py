@@ -357,6 +357,31 @@ class QualityGate(_Section):
         return self
 
 
+class ExportConfig(_Section):
+    """The export (``recsys-moe export`` and the pipeline's export step): smaller serving copies
+    and the quality gate they must pass against the float32 export on the validation split."""
+
+    parity_rows: PositiveInt = 10_000
+    """Held-out rows on which ONNX Runtime must match torch within 1e-5."""
+    fp16: bool = False
+    """Also write ``model.fp16.onnx`` for GPU serving (parity within 2e-3)."""
+    int8: bool = False
+    """Also write ``model.int8.onnx``: INT8 embedding tables, if it passes the gate."""
+    int8_scales: Literal["row", "table"] = "row"
+    """INT8 scale granularity: one per ``row`` (accurate for rows on very different scales, as
+    FBGEMM's tables; a per-row multiply at lookup) or one per ``table`` (cheaper lookups)."""
+    prune_experts: bool = False
+    """Leave out the experts whose mean gate weight on the validation split is under
+    ``prune_threshold`` for every task, if the pruned model passes the gate."""
+    prune_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.01
+    max_auc_drop: Annotated[float, Field(ge=0.0)] = 0.001
+    """Quality gate: largest CTR AUC drop allowed against the float32 export."""
+    max_spearman_drop: Annotated[float, Field(ge=0.0)] = 0.002
+    """Quality gate: largest watch-time Spearman drop allowed against the float32 export."""
+    gate_rows: PositiveInt = 200_000
+    """Validation rows the quality gate and the expert usage are measured on (the first ones)."""
+
+
 class EvaluationConfig(_Section):
     """The offline evaluation job (``recsys-moe evaluate``)."""
 
@@ -428,6 +453,7 @@ class Config(_Section):
     tasks: TasksConfig = TasksConfig()
     training: TrainingConfig = TrainingConfig()
     tracking: TrackingConfig = TrackingConfig()
+    export: ExportConfig = ExportConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     pipeline: PipelineConfig = PipelineConfig()
 

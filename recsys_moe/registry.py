@@ -35,11 +35,25 @@ class ResolvedModel:
     spec_dir: Path
     label: str
     """How the job names the model in its outputs: the reference as given."""
+    cost_path: Path | None = None
+    """The export's ``cost.json`` (bytes and FLOPs), when the bundle has one."""
 
 
-def resolve(cfg: Config, model: str, cache: Path) -> ResolvedModel:
-    """A model reference -> the ONNX file and its FeatureSpec folder (registry models are
-    downloaded under ``cache``)."""
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def precision_file(precision: str) -> str:
+    """The bundle's file name of each precision: ``model.onnx``, ``model.fp16.onnx``, ``model.int8.onnx``."""
+    if precision not in PRECISIONS:
+        raise RegistryError(f"precision {precision!r}: choose one of {list(PRECISIONS)}")
+    return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
+
+
+def resolve(cfg: Config, model: str, cache: Path, precision: str = "fp32") -> ResolvedModel:
+    """A model reference -> the ONNX file (of ``precision``, for a registered version) and its
+    FeatureSpec folder (registry models are downloaded under ``cache``). A file path is taken as
+    it is: name ``model.int8.onnx`` to score the INT8 copy."""
+    name = precision_file(precision)
     if model.startswith(MODEL_URI_PREFIX):
         import mlflow
 
@@ -48,17 +62,22 @@ def resolve(cfg: Config, model: str, cache: Path) -> ResolvedModel:
             local = Path(mlflow.artifacts.download_artifacts(model, dst_path=str(cache / "download")))
         except Exception as exc:  # MLflow raises several untyped errors for unknown names/aliases
             raise RegistryError(f"{model}: cannot fetch the model from MLflow at {tracking.tracking_uri(cfg)} ({exc})") from exc
-        onnx_files = sorted(local.rglob("*.onnx"))
-        if not onnx_files or not (local / "extra_files" / "spec.json").is_file():
+        if not (local / "extra_files" / "spec.json").is_file() or not list(local.glob("*.onnx")):
             raise RegistryError(f"{model}: not an exported recsys-moe model (ONNX file or FeatureSpec missing)")
-        return ResolvedModel(onnx_files[0], restore_spec_dir(local / "extra_files", cache / "feature_spec"), model)
+        onnx_path = sorted(local.glob("*.onnx"))[0] if precision == "fp32" else local / "extra_files" / name
+        if not onnx_path.is_file():
+            raise RegistryError(f"{model}: this version has no {precision} copy; export it with `recsys-moe export --{precision}`")
+        cost = local / "extra_files" / "cost.json"
+        return ResolvedModel(onnx_path, restore_spec_dir(local / "extra_files", cache / "feature_spec"), model,
+                             cost if cost.is_file() else None)
     path = Path(model)
     if not path.is_file():
         raise RegistryError(f"{path}: ONNX model not found (give an exported model.onnx or a models:/ URI)")
     spec_dir = path.parent / "feature_spec"
     if not (spec_dir / "spec.json").is_file():
         raise RegistryError(f"{path}: no feature_spec/ beside the model; export it with `recsys-moe export`")
-    return ResolvedModel(path, spec_dir, str(path))
+    cost = path.parent / "cost.json"
+    return ResolvedModel(path, spec_dir, str(path), cost if cost.is_file() else None)
 
 
 def version_uri(name: str, version: str) -> str:
@@ -70,10 +89,12 @@ def alias_uri(name: str, alias: str) -> str:
 
 
 def register(cfg: Config, onnx_path: Path, spec_dir: Path, spec_hash: str, run_id: str | None,
-             logged: dict[str, Any] | None = None) -> tuple[str, str, str]:
-    """Log ``onnx_path`` (with its spec) into ``run_id`` (a new run when None) and register it as
-    a new version of ``tracking.registered_model_name``; ``logged`` dicts are stored beside it as
-    JSON artifacts. Returns (name, version, run id)."""
+             logged: dict[str, Any] | None = None, extra_models: list[Path] | None = None,
+             metrics: dict[str, float] | None = None) -> tuple[str, str, str]:
+    """Log ``onnx_path`` (with its spec, and ``extra_models``: the fp16 and INT8 copies, cost.json) into
+    ``run_id`` (a new run when None) and register it as a new version of
+    ``tracking.registered_model_name``; ``logged`` dicts are stored beside it as JSON artifacts,
+    ``metrics`` logged on the run. Returns (name, version, run id)."""
     import mlflow
     import onnx
 
@@ -84,11 +105,14 @@ def register(cfg: Config, onnx_path: Path, spec_dir: Path, spec_hash: str, run_i
         run_id = client.create_run(tracking.experiment_id(cfg), run_name=f"{cfg.experiment.name}-export").info.run_id
     with mlflow.start_run(run_id=run_id):  # reopens the training run; ends FINISHED
         info = mlflow.onnx.log_model(
-            onnx.load(str(onnx_path)), name="onnx", extra_files=[str(f) for f in flat_spec_files(spec_dir)],
+            onnx.load(str(onnx_path)), name="onnx",
+            extra_files=[str(f) for f in [*flat_spec_files(spec_dir), *(extra_models or [])]],
             save_as_external_data=False, metadata={"spec_hash": spec_hash},
         )
         for artifact, data in (logged or {}).items():
             mlflow.log_dict(data, artifact)
+        if metrics:
+            mlflow.log_metrics(metrics)
     # The client, not mlflow.register_model, so nothing is printed: the jobs report it themselves.
     if not client.search_registered_models(filter_string=f"name='{name}'"):
         client.create_registered_model(name)

@@ -84,15 +84,15 @@ class EvalResult:
         return self.metrics["split"]
 
 
-def load_predictor(cfg: Config, model: str, cache: Path, providers: str = "auto") -> Predictor:
+def load_predictor(cfg: Config, model: str, cache: Path, providers: str = "auto", precision: str = "fp32") -> Predictor:
     """``models:/...`` or ``*.onnx`` -> ONNX Runtime (its score exponents checked against the
     config's); a model folder or ``*.ckpt`` -> torch, scored with the config's exponents."""
     path = Path(model)
     exponents = cfg.evaluation.score_exponents
     try:
         if model.startswith("models:/") or path.suffix == ".onnx":
-            resolved = resolve(cfg, model, cache / f"model-{abs(hash(model))}")
-            return OnnxPredictor.load(resolved.onnx_path, resolved.spec_dir, resolved.label, providers, exponents)
+            resolved = resolve(cfg, model, cache / f"model-{abs(hash(model))}", precision)
+            return OnnxPredictor.load(resolved.onnx_path, resolved.spec_dir, resolved.label, providers, exponents, resolved.cost_path)
         if (path.suffix == ".ckpt" and path.is_file()) or (path / "model.json").is_file():
             return TorchPredictor.load(path, exponents=exponents)
     except (RegistryError, contract.ContractError, PredictError) as exc:
@@ -235,7 +235,7 @@ def _deltas(a: dict[str, float], b: dict[str, float]) -> dict[str, dict[str, flo
 
 
 def evaluate(cfg: Config, model: str, compare: Sequence[str] = (), split: str | None = None, output: str | Path | None = None,
-             data_dir: str | Path | None = None, providers: str = "auto",
+             data_dir: str | Path | None = None, providers: str = "auto", precision: str = "fp32",
              on_step: Callable[[str], None] | None = None) -> EvalResult:
     """Evaluate ``model`` (and ``compare`` models on the same rows); see the module docstring."""
     step = on_step or (lambda _msg: None)
@@ -251,7 +251,7 @@ def evaluate(cfg: Config, model: str, compare: Sequence[str] = (), split: str | 
     with tempfile.TemporaryDirectory() as tmp_name:
         cache = Path(tmp_name)
         step(f"loading {model}")
-        primary = load_predictor(cfg, model, cache, providers)
+        primary = load_predictor(cfg, model, cache, providers, precision)
         others = [load_predictor(cfg, c, cache, providers) for c in compare]
         step("reading rows")
         data = features_for(cfg, primary.spec, base_data, notes)
@@ -276,6 +276,7 @@ def evaluate(cfg: Config, model: str, compare: Sequence[str] = (), split: str | 
                 "task_kinds": primary.task_kinds,
                 "primary": evaluate_predictions(pred.tasks, primary.task_kinds, rows, ecfg, cfg.experiment.seed, score=pred.score),
                 "gates": pred.gates,
+                "serving_cost": primary.cost,
                 "gates_note": "This model form (ONNX) returns predictions only; evaluate the model folder or checkpoint for gate weights.",
             }
             if oracle_metrics is not None:

@@ -12,6 +12,7 @@ checked against the config's), or :func:`recsys_moe.contract.ranking_score` for 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class Predictor(Protocol):
     spec: FeatureSpec
     task_kinds: dict[str, str]
     training_run_id: str | None
+    cost: dict[str, Any] | None
+    """What the model costs to serve (:func:`recsys_moe.models.cost.model_cost`), when known."""
 
     def predict(self, table: pa.Table) -> ModelPredictions: ...
 
@@ -64,6 +67,7 @@ class TorchPredictor:
     model: Any
     collapse_threshold: float
     exponents: dict[str, float] = field(default_factory=dict)
+    cost: dict[str, Any] | None = None
     batch_rows: int = 4_096  # torch eager is fastest near 4k rows (benchmarks/bench_onnx.py)
     kind: str = field(default="torch")
 
@@ -94,7 +98,9 @@ class TorchPredictor:
             exps = contract.exponents_for(kinds, exponents if exponents is not None else dict.fromkeys(kinds, 1.0))
         except contract.ContractError as exc:
             raise PredictError(f"{path}: {exc}") from exc
-        return cls(label or str(path), spec, kinds, meta.get("mlflow_run_id"), model.eval(), threshold, exps)
+        from recsys_moe.models.cost import model_cost
+
+        return cls(label or str(path), spec, kinds, meta.get("mlflow_run_id"), model.eval(), threshold, exps, model_cost(model))
 
     def predict(self, table: pa.Table) -> ModelPredictions:
         import torch
@@ -133,13 +139,15 @@ class OnnxPredictor:
     training_run_id: str | None
     session: Any
     outputs: dict[str, str]
+    cost: dict[str, Any] | None = None
     batch_rows: int = 65_536
     kind: str = field(default="onnx")
 
     @classmethod
     def load(cls, onnx_path: str | Path, spec_dir: str | Path, label: str | None = None, providers: str = "auto",
-             exponents: Mapping[str, float] | None = None) -> OnnxPredictor:
-        """Open the model; with ``exponents``, refuse one whose ``score`` uses others."""
+             exponents: Mapping[str, float] | None = None, cost_path: Path | None = None) -> OnnxPredictor:
+        """Open the model; with ``exponents``, refuse one whose ``score`` uses others; ``cost_path``:
+        the export's cost.json."""
         from recsys_moe.serving.session import make_session
 
         session = make_session(onnx_path, providers)
@@ -156,7 +164,8 @@ class OnnxPredictor:
         meta = session.metadata()
         if exponents is not None:
             contract.check_exponents(contract.parse_exponents(meta.get("score_exponents", ""), str(onnx_path)), exponents, str(onnx_path))
-        return cls(label or str(onnx_path), spec, kinds, meta.get("trained_run_id") or None, session, outputs)
+        cost = json.loads(Path(cost_path).read_text()) if cost_path is not None else None
+        return cls(label or str(onnx_path), spec, kinds, meta.get("trained_run_id") or None, session, outputs, cost)
 
     def predict(self, table: pa.Table) -> ModelPredictions:
         from concurrent.futures import ThreadPoolExecutor

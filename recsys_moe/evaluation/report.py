@@ -102,6 +102,14 @@ def blocks(result: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
             out.append(("table", ["task", "dropped pairs", "by expert"], rows))
     else:
         out.append(("p", result.get("gates_note", "This model form has no gate outputs.")))
+    cost = result.get("serving_cost")
+    if cost:
+        out.append(("h2", "Serving cost"))
+        out.append(("p", f"What the model holds in memory per precision of the export (row-wise INT8 tables keep the dense "
+                         f"layers in float32), and {cost['flops_per_row']['total']:,} FLOPs per row."))
+        parts = [k for k in cost["bytes"]["fp32"] if k != "total"] + ["total"]
+        out.append(("table", ["part", *[f"{p} (MiB)" for p in cost["bytes"]]],
+                    [[k, *[f"{cost['bytes'][p][k] / 2**20:,.2f}" for p in cost["bytes"]]] for k in parts]))
     return out
 
 
@@ -125,7 +133,7 @@ def to_markdown(doc: list[Block], base: Path) -> str:
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+.wide{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}figure{margin:1em 0}img{max-width:560px}
 figcaption{font-size:.9em;color:#555}"""
 
@@ -147,7 +155,7 @@ def to_html(doc: list[Block]) -> str:
         elif b[0] == "table":
             head = "".join(f"<th>{html.escape(h)}</th>" for h in b[1])
             rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in b[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            body.append(f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
         elif b[0] == "img":
             data = base64.b64encode(Path(b[1]).read_bytes()).decode()
             body.append(f'<figure><img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}">'

@@ -66,7 +66,11 @@ def _export(twin: OnnxTwin, example: dict[str, np.ndarray], path: Path, opset: i
 
 
 def _set_metadata(path: Path, meta: dict[str, str]) -> None:
+    """Replace the model's metadata with ``meta``; drop the exporter's per-node debug metadata
+    (source scopes and FX node text), which is most of a small model's file."""
     model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
     del model.metadata_props[:]
     for k, v in meta.items():
         entry = model.metadata_props.add()
@@ -133,6 +137,30 @@ def export_onnx(
         if not report.passed:
             raise ExportError(f"{report.summary()}; worst rows: {report.worst_rows}")
     return path, report
+
+
+def export_int8(fp32_path: str | Path, path: str | Path, granularity: str = "row") -> tuple[Path, dict[str, tuple[int, int]]]:
+    """The INT8 serving copy of an exported float32 model: its embedding tables row-wise INT8
+    (:mod:`recsys_moe.export.quantize`; ``granularity``: a scale per ``row`` or per ``table``),
+    everything else unchanged, metadata ``precision=int8``.
+    No parity check here (INT8 cannot meet 1e-5): the caller runs the quality gate of
+    :mod:`recsys_moe.export.quality` before keeping the file. Returns the path and the quantised
+    tables' shapes."""
+    from recsys_moe.export.quantize import quantize_tables
+
+    path = Path(path)
+    model = onnx.load(str(fp32_path))
+    tables = quantize_tables(model, granularity)
+    if not tables:
+        raise ExportError(f"{fp32_path}: no embedding table of width 16 or more to quantise; an INT8 copy would save nothing")
+    with replacing(path) as tmp:
+        onnx.save(model, str(tmp))
+        bad = forbidden_ops(graph_ops(tmp))
+        if bad:
+            raise ExportError(f"the INT8 graph has control-flow or sequence ops {sorted(bad)}")
+        _set_metadata(tmp, {**read_metadata(fp32_path), "precision": "int8", "int8_scales": f"per {granularity}",
+                            "int8_tables": ",".join(f"{t}={v}x{d}" for t, (v, d) in tables.items())})
+    return path, tables
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -82,7 +82,7 @@ class TaskGates(nn.Module):
         noisy = clean
         if self.noise is not None and self.training:
             std = F.softplus(self._split(self.noise(x)))
-            # drawn contiguous: randn_like would follow clean's transposed strides, 10x slower on CPU
+            # drawn contiguous: randn_like would follow clean's transposed strides, far slower on CPU
             noisy = clean + torch.randn(clean.shape, dtype=clean.dtype, device=clean.device) * std
         top_logits, top = top_k(noisy, self.top_k)
         top_weights = torch.softmax(top_logits, dim=-1)

@@ -38,6 +38,10 @@ class DotInteraction(nn.Module):
             self.groups.append((tuple(starts[i] for i in members), width))
         self.out_dim = sum(len(s) * (len(s) - 1) // 2 for s, _ in self.groups)
 
+    def pair_macs(self) -> list[int]:
+        """Multiply-adds per row of each group's dot products (all ``n * n``, as the matmul computes them)."""
+        return [len(starts) * len(starts) * width for starts, width in self.groups]
+
     def forward(self, x: Tensor) -> Tensor:
         return self._dots([[x[:, s: s + width] for s in starts] for starts, width in self.groups], x)
 

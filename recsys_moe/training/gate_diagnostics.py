@@ -106,10 +106,12 @@ class GateSummary:
     def warn_collapse(self) -> list[int]:
         dead = self.collapsed_experts
         if dead:
+            top = {n: ", ".join(f"expert {e} {self.mean_weights[i, e]:.3f}" for e in np.argsort(-self.mean_weights[i])[:4])
+                   for i, n in enumerate(self.task_names)}
             log.warning(
-                "expert collapse: expert(s) %s get under %.3f of the gate weight for every task "
-                "(mean weights per task: %s)", dead, self.threshold,
-                {n: np.round(self.mean_weights[i], 3).tolist() for i, n in enumerate(self.task_names)},
+                "expert collapse: %d of %d experts (%s) get under %.3f of the gate weight for every task; "
+                "the most used per task: %s", len(dead), self.mean_weights.shape[1],
+                dead if len(dead) <= 12 else f"{dead[:12]} ...", self.threshold, top,
             )
         return dead
 

@@ -1,5 +1,7 @@
 """Export job on a trained model: ONNX + spec folder, MLflow registration, loadable version."""
 
+import json
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -7,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from recsys_moe.export.bundle import export_bundle
 from recsys_moe.export.onnx_export import read_metadata
 from recsys_moe.features.spec import FeatureSpec, restore_spec_dir
+from recsys_moe.registry import RegistryError, resolve
 from recsys_moe.training.train import train
 
 pytestmark = pytest.mark.slow
@@ -33,5 +36,14 @@ def test_export_trained_model_registers_a_version(small_features, mlflow_uri, tm
     restored = restore_spec_dir(f"{local}/extra_files", tmp_path / "spec")
     assert FeatureSpec.load(restored).content_hash == spec.content_hash
 
-    again = export_bundle(cfg, model_dir=trained.model_dir, output=tmp_path / "export", parity_rows=500)
-    assert again.registered_version == "2"
+    again = export_bundle(cfg, model_dir=trained.model_dir, output=tmp_path / "export", parity_rows=500, int8=True)
+    assert again.registered_version == "2" and again.int8_path is not None
+    # a registered version's INT8 copy and cost travel with it; a precision it lacks is refused
+    got = resolve(cfg, f"models:/{result.registered_name}/2", tmp_path / "cache", precision="int8")
+    assert got.onnx_path.name == "model.int8.onnx" and read_metadata(got.onnx_path)["precision"] == "int8"
+    assert json.loads(got.cost_path.read_text())["bytes"]["int8"]["total"] < json.loads(got.cost_path.read_text())["bytes"]["fp32"]["total"]
+    assert resolve(cfg, f"models:/{result.registered_name}/2", tmp_path / "cache2").onnx_path.name == "model.onnx"
+    with pytest.raises(RegistryError, match="has no fp16 copy"):
+        resolve(cfg, f"models:/{result.registered_name}/2", tmp_path / "cache3", precision="fp16")
+    metrics = client.get_run(trained.run_id).data.metrics
+    assert metrics["export/int8/passed"] == 1.0 and "export/int8/ctr/auc_drop" in metrics
