@@ -13,6 +13,10 @@ Two parts (``--parts``):
   the last training epoch (nothing is dropped outside training), and test CTR AUC and watch-time
   Spearman.
 
+- ``throughput``: the whole model's training samples/s on KuaiRand for 4 experts with a softmax
+  gate (the default) and 64 experts top-2, sparse and dense, trained in alternation (two epochs
+  each, ``--rounds`` rounds) so that the machine's drift hits every configuration alike.
+
 Configurations: for each expert count, a softmax gate (every expert, every row), top-1 and top-2
 gates run dense (every expert computed, the gate masks them) and the same run sparse (only the
 chosen experts run, capacity factor 1.25 in training and 2.0 otherwise). Writes
@@ -24,6 +28,7 @@ benchmarks/results/experts.json and prints the tables.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -187,9 +192,32 @@ def models_part(dataset: str, work: Path, experts: list[int], ks: list[int], see
     return out
 
 
+def throughput_part(work: Path, rounds: int) -> dict:
+    """Training samples/s (median of the steady epochs) for configurations trained in turn."""
+    from recsys_moe.training.train import train
+
+    base, _ = _prepare("kuairand", work / "throughput", 2)
+    base = base.model_copy(update={"training": base.training.model_copy(update={"early_stopping_patience": 0})})
+    runs = {"4 softmax": (4, None, "dense"), "64 top-2 sparse": (64, 2, "sparse"), "64 top-2 dense": (64, 2, "dense")}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, (experts, k, dispatch) in runs.items():
+            gate = base.model.gate.model_copy(update={"top_k": k, "dispatch": dispatch})
+            cfg = base.model_copy(update={"model": base.model.model_copy(update={"num_experts": experts, "gate": gate})})
+            result = train(cfg, output_dir=work / "throughput" / f"{name.replace(' ', '_')}-{r}", resume=False, progress=False,
+                           evaluate_test=False)
+            rates[name].append(result.samples_per_s[-1])
+            print(f"[throughput] round {r + 1} {name:<16} {result.samples_per_s[-1]:>8,.0f} samples/s", flush=True)
+    out = {name: {"samples_per_s": statistics.median(v), "runs": v} for name, v in rates.items()}
+    out["ratio_64_top2_sparse_over_4_softmax"] = out["64 top-2 sparse"]["samples_per_s"] / out["4 softmax"]["samples_per_s"]
+    print(f"[throughput] 64 experts top-2 sparse over 4 softmax: {out['ratio_64_top2_sparse_over_4_softmax']:.2f}x", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", nargs="+", default=["layer", "models"], choices=["layer", "models"])
+    ap.add_argument("--parts", nargs="+", default=["layer", "models", "throughput"], choices=["layer", "models", "throughput"])
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--datasets", nargs="+", default=["kuairand", "synthetic"], choices=["kuairand", "synthetic"])
     ap.add_argument("--experts", type=int, nargs="+", default=[4, 16, 64])
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 2])
@@ -204,9 +232,17 @@ def main() -> None:
     results: dict = {"benchmark": "experts", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
                      "torch_threads": torch.get_num_threads(), "batch_rows": BATCH, "tasks": TASKS,
                      "capacity_factor": {"train": 1.25, "eval": 2.0}}
+    if args.out.is_file():  # parts not run this time keep their last figures
+        previous = json.loads(args.out.read_text())
+        results |= {k: v for k, v in previous.items() if k in ("layer", "models", "throughput") and k not in args.parts}
+        results["dates"] = {**previous.get("dates", {}), **{p: results["date"] for p in args.parts}}
+    else:
+        results["dates"] = {p: results["date"] for p in args.parts}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        if "throughput" in args.parts and KUAIRAND.is_dir():
+            results["throughput"] = throughput_part(tmp, args.rounds)
         if "layer" in args.parts:
             results["layer"] = layer_part(args.experts, args.ks, [[64], [256, 128]], args.in_dim, args.iters, tmp)
         if "models" in args.parts:

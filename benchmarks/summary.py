@@ -120,7 +120,7 @@ def _experts_rows() -> list[str]:
     if not (RESULTS / "experts.json").is_file():
         return []
     ex = _load("experts.json")
-    out = ["", f"Mixture of experts, dense vs sparse dispatch (`bench_experts.py`, {ex['date']}): the MMoE body alone, "
+    out = ["", f"Mixture of experts, dense vs sparse dispatch (`bench_experts.py`, {ex['dates']['layer']}): the MMoE body alone, "
            f"batch {ex['batch_rows']:,}, {ex['tasks']} tasks, experts `[64]`; rows/s of a training step and of ONNX Runtime scoring:", "",
            "| experts | gate | train step, dense | train step, sparse | ONNX Runtime, dense | ONNX Runtime, sparse |",
            "|---|---|---|---|---|---|"]
@@ -134,6 +134,12 @@ def _experts_rows() -> list[str]:
             out.append(f"| {e} | top-{k} | {d['train_step_rows_per_s']:,.0f} | {sp['train_step_rows_per_s']:,.0f} "
                        f"({sp['train_step_rows_per_s'] / d['train_step_rows_per_s']:.1f}x) | {d['ort_rows_per_s']:,.0f} | "
                        f"{sp['ort_rows_per_s']:,.0f} ({sp['ort_rows_per_s'] / d['ort_rows_per_s']:.1f}x) |")
+    if "throughput" in ex:
+        tp = ex["throughput"]
+        out += ["", f"Whole-model training on KuaiRand, the configurations trained in alternation ({ex['dates']['throughput']}, median of "
+                f"{len(tp['4 softmax']['runs'])} rounds): 4 experts softmax {tp['4 softmax']['samples_per_s']:,.0f} samples/s, "
+                f"64 experts top-2 sparse {tp['64 top-2 sparse']['samples_per_s']:,.0f} "
+                f"({tp['ratio_64_top2_sparse_over_4_softmax']:.2f}x), 64 experts top-2 dense {tp['64 top-2 dense']['samples_per_s']:,.0f}."]
     for dataset, block in ex.get("models", {}).items():
         out += ["", f"Whole model on {dataset} ({block['train_rows']:,} train rows; test days held out by time; "
                 "mean ± std where 3 seeds ran, else one seed):", "",
