@@ -49,7 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import machine, write_results  # noqa: E402
+from common import LAUNCHER, machine, write_results  # noqa: E402
 
 KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
 BATCHES = (512, 4096, 32768)
@@ -231,9 +231,7 @@ def prepare_compression(name: str, work: Path) -> dict:
 
 
 def compression_worker(path: Path, work: Path, iters: int) -> dict:
-    """rows/s at every batch size and this process's peak RSS, scoring with ``path``."""
-    import resource
-
+    """rows/s at every batch size, scoring with ``path`` (peak RSS: measured by the launcher)."""
     import pyarrow.parquet as pq
 
     from recsys_moe.features.spec import FeatureSpec
@@ -253,7 +251,7 @@ def compression_worker(path: Path, work: Path, iters: int) -> dict:
         for _ in range(n):
             session.run(feeds)
         rates[b] = b * n / (time.perf_counter() - start)
-    return {"rates": rates, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"rates": rates}
 
 
 def compression_main(args) -> None:
@@ -277,11 +275,13 @@ def compression_main(args) -> None:
             runs: dict[str, list[dict]] = {k: [] for k in variants}
             for _ in range(args.repeats):
                 for k, path in variants.items():
-                    out = subprocess.run([sys.executable, __file__, "--compression-worker", str(path), "--work", str(work),
-                                          "--iters", str(args.iters)], cwd=ROOT, capture_output=True, text=True)
+                    # through the launcher: a child of this (large) process would inherit its peak RSS
+                    out = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, __file__, "--compression-worker", str(path),
+                                          "--work", str(work), "--iters", str(args.iters)], cwd=ROOT, capture_output=True, text=True)
                     if out.returncode != 0:
                         raise SystemExit(f"{name} {k} worker failed:\n{out.stderr}")
-                    runs[k].append(json.loads(out.stdout.splitlines()[-1]))
+                    tagged = dict(line.split("=", 1) for line in out.stderr.splitlines() if line.startswith("RECSYS_"))
+                    runs[k].append({**json.loads(out.stdout.splitlines()[-1]), "peak_rss_mib": int(tagged["RECSYS_MAXRSS_KB"]) / 1024})
             rows = {}
             for k, rs in runs.items():
                 rows[k] = {"file_bytes": variants[k].stat().st_size,

@@ -31,7 +31,7 @@ def write_results(path: Path, payload: dict) -> None:
 # mark: Linux keeps ru_maxrss across fork and exec, so a plain Popen + wait4 reports at least the
 # parent's RSS. A small launcher process in between is forked fresh, and its own child's figure is
 # the command's alone.
-_LAUNCHER = (
+LAUNCHER = (
     "import os, subprocess, sys\n"
     "p = subprocess.Popen(sys.argv[1:])\n"
     "_, status, usage = os.wait4(p.pid, 0)\n"
@@ -55,8 +55,8 @@ def run_cli(*args: str) -> CliRun:
 
     Peak RSS is the command's own maximum resident set (ru_maxrss, KiB on Linux) and CPU its own
     rusage, both measured through a launcher so that the benchmark's own figures do not leak into
-    them (see _LAUNCHER)."""
-    cmd = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "recsys_moe.cli", *args]
+    them (see LAUNCHER)."""
+    cmd = [sys.executable, "-c", LAUNCHER, sys.executable, "-m", "recsys_moe.cli", *args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     secs = time.perf_counter() - start
