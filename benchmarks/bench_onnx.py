@@ -28,7 +28,8 @@ best cases here; ORT, with its own memory arena, does not care. Input preparatio
 benchmarks/results/onnx_compression.json): for a trained KuaiRand MMoE (the default config's
 training) and a synthetic model with a 1M x 64 item table (trained one epoch), the float32
 export, the row-wise INT8 copy, the copy with pruned experts and both together (``export
---int8 --prune-experts``), each with its quality gate against float32 on the validation split;
+--int8 --prune-experts``), each with its quality gate against float32 on the validation split,
+and the float16 copy (parity within 2e-3; ONNX Runtime runs float16 slower on CPU: it is for GPUs);
 ONNX Runtime rows/s at each batch size, and the peak RSS of a fresh process that loads the model
 and scores the batches, median over ``--repeats`` processes.
 
@@ -219,8 +220,9 @@ def prepare_compression(name: str, work: Path) -> dict:
                   "tables": {n: [t.num_embeddings, t.dim] for n, t in spec.tables.items()}, "exports": {}}
     for variant, prune in (("plain", False), ("pruned", True)):
         out = work / f"export_{variant}"
-        b = export_bundle(cfg, model_dir=r.model_dir, output=out, register=False, int8=True, prune_experts=prune)
+        b = export_bundle(cfg, model_dir=r.model_dir, output=out, register=False, int8=True, prune_experts=prune, fp16=not prune)
         info["exports"][variant] = {"pruned_experts": b.pruned_experts, "notes": b.notes,
+                                    "fp16_parity": b.fp16_parity.__dict__ if b.fp16_parity else None,
                                     "int8_quality": b.int8_quality.to_json() if b.int8_quality else None,
                                     "prune_quality": b.prune_quality.to_json() if b.prune_quality else None,
                                     "files": {p.name: p.stat().st_size for p in out.glob("*.onnx")}, "cost": b.cost}
@@ -268,7 +270,8 @@ def compression_main(args) -> None:
                 continue
             work = tmp / name
             info = prepare_compression(name, work)
-            variants = {"fp32": work / "export_plain/model.onnx", "int8": work / "export_plain/model.int8.onnx"}
+            variants = {"fp32": work / "export_plain/model.onnx", "fp16": work / "export_plain/model.fp16.onnx",
+                        "int8": work / "export_plain/model.int8.onnx"}
             if info["exports"]["pruned"]["pruned_experts"]:
                 variants |= {"pruned": work / "export_pruned/model.onnx", "pruned_int8": work / "export_pruned/model.int8.onnx"}
             variants = {k: v for k, v in variants.items() if v.is_file()}

@@ -96,6 +96,8 @@ def _compression_rows() -> list[str]:
                 drops = ["", ""]
                 if q:
                     drops = [f"{q['tasks']['ctr']['auc_drop']:+.5f}", f"{q['tasks']['watch_time']['spearman_drop']:+.5f}"]
+                elif variant == "fp16" and export.get("fp16_parity"):
+                    drops = [f"parity: max abs diff of probs_ctr {export['fp16_parity']['max_abs_diff']['probs_ctr']:.1e}", ""]
                 out.append(f"| {name} | {variant} | {v['file_bytes'] / 2**20:,.1f} MiB | {v['peak_rss_mib']:,.0f} MiB | "
                            f"{v['rows_per_s']['4096']:,.0f} | {v['rows_per_s']['32768']:,.0f} | {drops[0]} | {drops[1]} |")
         for name, m in comp["models"].items():
