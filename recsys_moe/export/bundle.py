@@ -50,7 +50,8 @@ from recsys_moe.training.artifacts import load_model
 class ExportResult:
     onnx_path: Path
     spec_dir: Path
-    parity: ParityReport
+    parity: ParityReport | None
+    """torch vs ONNX Runtime on held-out rows (set once model.onnx is written)."""
     spec_hash: str
     registered_name: str | None = None
     registered_version: str | None = None
@@ -82,7 +83,7 @@ def read_rows(path: str | Path, limit: int) -> pa.Table:
     return pa.concat_tables(tables).slice(0, limit)
 
 
-def _gib(n: int) -> str:
+def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
@@ -110,14 +111,14 @@ def export_bundle(cfg: Config, model_dir: str | Path | None = None, run_id: str 
         except contract.ContractError as exc:
             raise ExportError(f"{model_dir}: {exc}") from exc
         hint = {"model_kind": meta["kind"], "trained_run_id": str(run_id or ""), "model_spec_hash": meta["spec_hash"]}
-        result = ExportResult(out / "model.onnx", out / "feature_spec", None, spec_hash=spec.content_hash, run_id=run_id)  # type: ignore[arg-type]
+        result = ExportResult(out / "model.onnx", out / "feature_spec", None, spec_hash=spec.content_hash, run_id=run_id)
         compression: dict[str, Any] = {}
         with replacing(out) as tmp_out:
             tmp_out.mkdir()
             served = model
             if prune:
                 served = _prune(model, spec, table, gate_rows, exponents, hint, cfg, tmp_out, result, compression)
-            if served is model:
+            if result.parity is None:  # pruning did not write model.onnx
                 _, result.parity = export_onnx(model, spec, tmp_out / "model.onnx", table, metadata=hint, score_exponents=exponents)
             spec.save(tmp_out / "feature_spec")
             (tmp_out / "parity.json").write_text(json.dumps(result.parity.__dict__, indent=2))
@@ -170,7 +171,7 @@ def _prune(model, spec, table, gate_rows, exponents, hint, cfg, tmp_out: Path, r
         saved_flops = before["flops_per_row"]["total"] - after["flops_per_row"]["total"]
         result.pruned_experts, result.parity = drop, parity
         result.notes.append(f"pruned experts {drop} (under {ecfg.prune_threshold:g} of the gate weight for every task): "
-                            f"{_gib(saved_bytes)} and {saved_flops:,} FLOPs per row saved; {q.summary()}")
+                            f"{_mib(saved_bytes)} and {saved_flops:,} FLOPs per row saved; {q.summary()}")
         full.unlink()
         return pruned
     result.notes.append(f"expert pruning refused, the unpruned model is served: {q.summary()}")
@@ -189,7 +190,7 @@ def _int8(spec, gate_rows, cfg, tmp_out: Path, result: ExportResult, compression
     if q.passed:
         result.int8_path = result.onnx_path.parent / "model.int8.onnx"
         sizes = compression["int8"]["bytes"]
-        result.notes.append(f"model.int8.onnx: {_gib(sizes['int8'])} against {_gib(sizes['fp32'])} in float32; {q.summary()}")
+        result.notes.append(f"model.int8.onnx: {_mib(sizes['int8'])} against {_mib(sizes['fp32'])} in float32; {q.summary()}")
     else:
         path.unlink()
         result.notes.append(f"no INT8 copy written (the float32 model is kept): {q.summary()}")
