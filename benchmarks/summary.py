@@ -101,6 +101,14 @@ def _compression_rows() -> list[str]:
                 out.append(f"| {name} | {variant} | {v['file_bytes'] / 2**20:,.1f} MiB | {v['peak_rss_mib']:,.0f} MiB | "
                            f"{v['rows_per_s']['4096']:,.0f} | {v['rows_per_s']['32768']:,.0f} | {drops[0]} | {drops[1]} |")
         for name, m in comp["models"].items():
+            forced = m["exports"].get("pruned", {}).get("forced")
+            if forced and "passes_default_gate" in forced:
+                verdict = "would serve" if forced["passes_default_gate"] else "refuses"
+                out += ["", f"{name}: no expert is under {forced['default_threshold']:g} of the gate weight for every task, so "
+                        f"`pruned` leaves out the least-used one (expert {forced['expert']}, at most {forced['threshold']:.3f} "
+                        f"of any task's gate weight) to show what pruning buys and costs; the default gate {verdict} it. "
+                        "The `pruned_int8` drops are against the pruned float32 model."]
+        for name, m in comp["models"].items():
             cost = m["exports"]["plain"]["cost"]
             tables = {k: v for k, v in cost["bytes"]["fp32"].items() if k.startswith("table/")}
             big = max(tables, key=tables.get)

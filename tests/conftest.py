@@ -34,6 +34,14 @@ def build_small_features(tmp: Path, *extra: str):
     return cfg, spec
 
 
+def one_epoch(cfg, track: bool = False):
+    """``cfg`` trained for one epoch, with MLflow tracking off unless ``track``."""
+    update = {"training": cfg.training.model_copy(update={"max_epochs": 1})}
+    if not track:
+        update["tracking"] = cfg.tracking.model_copy(update={"enabled": False})
+    return cfg.model_copy(update=update)
+
+
 @pytest.fixture(scope="module")
 def small_features(tmp_path_factory):
     """(config, FeatureSpec) with model-ready Parquet under ``<work_dir>/features``."""

@@ -19,6 +19,7 @@ from recsys_moe.pipelines.batch_scoring import run as score
 from recsys_moe.training.artifacts import load_model, save_model
 from recsys_moe.training.batches import ColumnarSplit
 from recsys_moe.training.train import train
+from tests.conftest import one_epoch
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +42,7 @@ def test_int8_rows_are_within_one_step_of_float32(granularity):
 @pytest.fixture(scope="module")
 def trained(small_features, tmp_path_factory):
     cfg, spec = small_features
-    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_epochs": 1}),
-                                 "tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    cfg = one_epoch(cfg)
     tmp = tmp_path_factory.mktemp("compress")
     return cfg, spec, train(cfg, output_dir=tmp / "run", progress=False, evaluate_test=False), tmp
 

@@ -23,6 +23,7 @@ from recsys_moe.pipelines.evaluation import EvaluationError
 from recsys_moe.pipelines.evaluation import run as evaluate
 from recsys_moe.training.artifacts import save_model
 from recsys_moe.training.train import train
+from tests.conftest import one_epoch
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +31,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trained(small_features, tmp_path_factory):
     cfg, spec = small_features
-    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_epochs": 1}),
-                                 "tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    cfg = one_epoch(cfg)
     tmp = tmp_path_factory.mktemp("eval")
     result = train(cfg, output_dir=tmp / "run", progress=False, evaluate_test=True)
     export = export_bundle(cfg, model_dir=result.model_dir, output=tmp / "export", parity_rows=1000, register=False)
