@@ -27,7 +27,7 @@ best cases here; ORT, with its own memory arena, does not care. Input preparatio
 ``--part compression`` times the smaller serving copies instead (writes
 benchmarks/results/onnx_compression.json): for a trained KuaiRand MMoE (the default config's
 training) and a synthetic model with a 1M x 64 item table (trained one epoch), the float32
-export, the row-wise INT8 copy, the copy with pruned experts and both together (``export
+export, the row-wise INT8 copy (and the one with a scale per table), the copy with pruned experts and both together (``export
 --int8 --prune-experts``; when no expert is under the default threshold for every task, the
 least-used expert is pruned with the gate's limits lifted, and the gate's figures say what it
 cost), each with its quality gate against float32 on the validation split,
@@ -224,6 +224,12 @@ def prepare_compression(name: str, work: Path) -> dict:
         out = work / f"export_{variant}"
         b = export_bundle(cfg, model_dir=r.model_dir, output=out, register=False, int8=True, prune_experts=prune, fp16=not prune)
         forced = None
+        if not prune:  # the same INT8 copy with one scale per table: cheaper lookups
+            cfg_table = cfg.model_copy(update={"export": cfg.export.model_copy(update={"int8_scales": "table"})})
+            t = export_bundle(cfg_table, model_dir=r.model_dir, output=work / "export_table", register=False, int8=True,
+                              prune_experts=False, fp16=False)
+            info["exports"]["table"] = {"notes": t.notes, "int8_quality": t.int8_quality.to_json() if t.int8_quality else None,
+                                        "files": {p.name: p.stat().st_size for p in (work / "export_table").glob("*.onnx")}}
         if prune and not b.pruned_experts:
             cfg_forced, forced = _force_pruning(cfg, out)
             b = export_bundle(cfg_forced, model_dir=r.model_dir, output=out, register=False, int8=True, prune_experts=True, fp16=False)
@@ -301,7 +307,7 @@ def compression_main(args) -> None:
             work = tmp / name
             info = prepare_compression(name, work)
             variants = {"fp32": work / "export_plain/model.onnx", "fp16": work / "export_plain/model.fp16.onnx",
-                        "int8": work / "export_plain/model.int8.onnx"}
+                        "int8": work / "export_plain/model.int8.onnx", "int8_table": work / "export_table/model.int8.onnx"}
             if info["exports"]["pruned"]["pruned_experts"]:
                 variants |= {"pruned": work / "export_pruned/model.onnx", "pruned_int8": work / "export_pruned/model.int8.onnx"}
             variants = {k: v for k, v in variants.items() if v.is_file()}

@@ -80,6 +80,9 @@ def summary() -> str:
     return "\n".join(out)
 
 
+COPY_LABELS = {"int8": "int8, a scale per row", "int8_table": "int8, a scale per table", "pruned_int8": "pruned + int8 (per row)"}
+
+
 def _compression_rows() -> list[str]:
     """INT8 and pruned copies from onnx_compression.json, the paper sizing from sizing.json."""
     out: list[str] = []
@@ -91,14 +94,14 @@ def _compression_rows() -> list[str]:
                 "|---|---|---|---|---|---|---|---|"]
         for name, m in comp["models"].items():
             for variant, v in m["variants"].items():
-                export = m["exports"]["pruned" if variant.startswith("pruned") else "plain"]
-                q = export["int8_quality"] if variant.endswith("int8") else export["prune_quality"] if variant == "pruned" else None
+                export = m["exports"]["pruned" if variant.startswith("pruned") else "table" if variant == "int8_table" else "plain"]
+                q = export["int8_quality"] if "int8" in variant else export["prune_quality"] if variant == "pruned" else None
                 drops = ["", ""]
                 if q:
                     drops = [f"{q['tasks']['ctr']['auc_drop']:+.5f}", f"{q['tasks']['watch_time']['spearman_drop']:+.5f}"]
                 elif variant == "fp16" and export.get("fp16_parity"):
                     drops = [f"parity: max abs diff of probs_ctr {export['fp16_parity']['max_abs_diff']['probs_ctr']:.1e}", ""]
-                out.append(f"| {name} | {variant} | {v['file_bytes'] / 2**20:,.1f} MiB | {v['peak_rss_mib']:,.0f} MiB | "
+                out.append(f"| {name} | {COPY_LABELS.get(variant, variant)} | {v['file_bytes'] / 2**20:,.1f} MiB | {v['peak_rss_mib']:,.0f} MiB | "
                            f"{v['rows_per_s']['4096']:,.0f} | {v['rows_per_s']['32768']:,.0f} | {drops[0]} | {drops[1]} |")
         for name, m in comp["models"].items():
             forced = m["exports"].get("pruned", {}).get("forced")
