@@ -109,8 +109,9 @@ def _compression_rows() -> list[str]:
                 verdict = "would serve" if forced["passes_default_gate"] else "refuses"
                 out += ["", f"{name}: no expert is under {forced['default_threshold']:g} of the gate weight for every task, so "
                         f"`pruned` leaves out the least-used one (expert {forced['expert']}, at most {forced['threshold']:.3f} "
-                        f"of any task's gate weight) to show what pruning buys and costs; the default gate {verdict} it. "
-                        "The `pruned_int8` drops are against the pruned float32 model."]
+                        f"of any task's gate weight) to show what pruning buys and costs; the default gate {verdict} it."]
+        if any(m["exports"].get("pruned", {}).get("pruned_experts") for m in comp["models"].values()):
+            out += ["", "The drops of `pruned + int8` are against the pruned float32 model."]
         for name, m in comp["models"].items():
             cost = m["exports"]["plain"]["cost"]
             tables = {k: v for k, v in cost["bytes"]["fp32"].items() if k.startswith("table/")}
