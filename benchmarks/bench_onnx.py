@@ -26,12 +26,12 @@ best cases here; ORT, with its own memory arena, does not care. Input preparatio
 
 ``--part compression`` times the smaller serving copies instead (writes
 benchmarks/results/onnx_compression.json): for a trained KuaiRand MMoE (the default config's
-training) and a synthetic model with a 1M x 64 item table (trained one epoch), the float32
-export, the row-wise INT8 copy (and the one with a scale per table), the copy with pruned experts and both together (``export
---int8 --prune-experts``; when no expert is under the default threshold for every task, the
-least-used expert is pruned with the gate's limits lifted, and the gate's figures say what it
-cost), each with its quality gate against float32 on the validation split,
-and the float16 copy (parity within 2e-3; ONNX Runtime runs float16 slower on CPU: it is for GPUs);
+training) and a synthetic model with a 1M x 64 item table (trained one epoch): the float32
+export, the row-wise INT8 copy (and the one with a scale per table), the copy with pruned
+experts and both together (``export --int8 --prune-experts``; when no expert is under the
+default threshold for every task, the least-used expert is pruned with the gate's limits
+lifted, and the gate's figures say what it cost), each with its quality gate against float32
+on the validation split, and the float16 copy (parity within 2e-3; ONNX Runtime runs float16 slower on CPU: it is for GPUs);
 ONNX Runtime rows/s at each batch size, and the peak RSS of a fresh process that loads the model
 and scores the batches, median over ``--repeats`` processes.
 
