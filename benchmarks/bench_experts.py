@@ -1,6 +1,6 @@
 """Experts that scale without compute: dense vs sparse dispatch over 4, 16 and 64 experts.
 
-Two parts (``--parts``):
+Four parts (``--parts``):
 
 - ``layer``: the MMoE body alone (gates, experts, mixing) on random inputs of the KuaiRand model's
   width, batch 4,096, two tasks: rows/s of a training step (forward and backward) in torch, and of
@@ -12,17 +12,19 @@ Two parts (``--parts``):
   the exported model at 4,096 rows, dense parameters, the share of chosen pairs capacity dropped in
   the last training epoch (nothing is dropped outside training), and test CTR AUC and watch-time
   Spearman.
-
+- ``kernel``: eager torch outside training (validation, evaluating a model folder), 16 and 64
+  experts top-2 sparse: the padded expert buffers against the grouped kernel, with the router as
+  initialised and with an imbalanced one, in alternation.
 - ``throughput``: the whole model's training samples/s on KuaiRand for 4 experts with a softmax
   gate (the default) and 64 experts top-2, sparse and dense, trained in alternation (two epochs
   each, ``--rounds`` rounds) so that the machine's drift hits every configuration alike.
 
 Configurations: for each expert count, a softmax gate (every expert, every row), top-1 and top-2
 gates run dense (every expert computed, the gate masks them) and the same run sparse (only the
-chosen experts run, capacity factor 1.25 in training and 2.0 otherwise). Writes
+chosen experts run, capacity factor 1.25 in training; outside it nothing is dropped). Writes
 benchmarks/results/experts.json and prints the tables.
 
-    python benchmarks/bench_experts.py [--parts layer models] [--datasets kuairand synthetic]
+    python benchmarks/bench_experts.py [--parts layer kernel models throughput] [--datasets kuairand synthetic]
 """
 
 from __future__ import annotations
@@ -112,6 +114,41 @@ def layer_part(experts: list[int], ks: list[int], hidden_sets: list[list[int]], 
                    "ort_max_abs_diff": float(abs(got - np_ref).max())}
             rows.append(row)
             print(f"layer {hidden} {c['name']:<18} train step {train_rate:>10,.0f} rows/s   ORT {ort_rate:>10,.0f} rows/s", flush=True)
+    return rows
+
+
+def kernel_part(experts: list[int], in_dim: int, iters: int, rounds: int) -> list[dict]:
+    """Eager torch outside training (validation, `evaluate` on a model folder): top-2 sparse
+    dispatch with the padded buffers against the grouped kernel, for a router as initialised and
+    for an imbalanced one (gate logits biased from +3 to -3 across the experts), alternating."""
+    import torch
+
+    from recsys_moe.models.mmoe import MMoEBody
+    from recsys_moe.modules.dispatch import grouped_slots
+
+    x = torch.randn(BATCH, in_dim)
+    rows = []
+    for e in experts:
+        for router in ("as initialised", "imbalanced"):
+            torch.manual_seed(0)
+            body = MMoEBody(in_dim, TASKS, e, [64], top_k=2, sparse=True).eval()
+            if router == "imbalanced":
+                with torch.no_grad():
+                    body.gates.logits.bias[:] = torch.linspace(3.0, -3.0, e).repeat(TASKS)
+            with torch.no_grad():
+                _, counts = grouped_slots(body.gates(x).top_indices, e)[1:]
+            load = float(counts.max()) / (float(counts.sum()) / e)
+            rates: dict[str, list[float]] = {"padded": [], "grouped": []}
+            for _ in range(rounds):
+                for kernel in rates:
+                    body.grouped = kernel == "grouped"
+                    with torch.no_grad():
+                        rates[kernel].append(_median_rate(lambda b=body: b([x]), BATCH, iters))
+            row = {"experts": e, "top_k": 2, "router": router, "busiest_over_even": load,
+                   **{f"{k}_rows_per_s": statistics.median(v) for k, v in rates.items()}}
+            rows.append(row)
+            print(f"kernel {e} experts top-2, router {router:<14} (busiest expert {load:.1f}x an even share): "
+                  f"padded {row['padded_rows_per_s']:>10,.0f} rows/s, grouped {row['grouped_rows_per_s']:>10,.0f} rows/s", flush=True)
     return rows
 
 
@@ -216,7 +253,8 @@ def throughput_part(work: Path, rounds: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", nargs="+", default=["layer", "models", "throughput"], choices=["layer", "models", "throughput"])
+    ap.add_argument("--parts", nargs="+", default=["layer", "kernel", "models", "throughput"],
+                    choices=["layer", "kernel", "models", "throughput"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--datasets", nargs="+", default=["kuairand", "synthetic"], choices=["kuairand", "synthetic"])
     ap.add_argument("--experts", type=int, nargs="+", default=[4, 16, 64])
@@ -231,10 +269,10 @@ def main() -> None:
 
     results: dict = {"benchmark": "experts", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
                      "torch_threads": torch.get_num_threads(), "batch_rows": BATCH, "tasks": TASKS,
-                     "capacity_factor": {"train": 1.25, "eval": 2.0}}
+                     "capacity_factor": {"train": 1.25, "eval": None}}
     if args.out.is_file():  # parts not run this time keep their last figures
         previous = json.loads(args.out.read_text())
-        results |= {k: v for k, v in previous.items() if k in ("layer", "models", "throughput") and k not in args.parts}
+        results |= {k: v for k, v in previous.items() if k in ("layer", "kernel", "models", "throughput") and k not in args.parts}
         results["dates"] = {**previous.get("dates", {}), **{p: results["date"] for p in args.parts}}
     else:
         results["dates"] = {p: results["date"] for p in args.parts}
@@ -245,6 +283,8 @@ def main() -> None:
             results["throughput"] = throughput_part(tmp, args.rounds)
         if "layer" in args.parts:
             results["layer"] = layer_part(args.experts, args.ks, [[64], [256, 128]], args.in_dim, args.iters, tmp)
+        if "kernel" in args.parts:
+            results["kernel"] = kernel_part([16, 64], args.in_dim, args.iters, args.rounds)
         if "models" in args.parts:
             results["models"] = {}
             for dataset in args.datasets:

@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from recsys_moe.models.multitask import BodyOutput
 from recsys_moe.modules import BatchedExperts, TaskGates
-from recsys_moe.modules.dispatch import combine, dispatch_slots, dispatch_stats
+from recsys_moe.modules.dispatch import combine, dispatch_slots, dispatch_stats, grouped_slots
+from recsys_moe.modules.experts import grouped_mm_runs
 
 
 class MMoEBody(nn.Module):
@@ -35,6 +36,10 @@ class MMoEBody(nn.Module):
         self.num_tasks, self.num_experts, self.top_k = num_tasks, num_experts, top_k
         self.sparse = sparse
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
+        self.grouped = True
+        """Without a capacity (outside training), run the experts on jagged groups in eager torch
+        where torch has the kernel (:mod:`recsys_moe.modules.dispatch`); False keeps the padded
+        buffers, as the exported graph does."""
 
     def forward(self, inputs: list[Tensor]) -> BodyOutput:
         x = inputs[0]
@@ -49,7 +54,18 @@ class MMoEBody(nn.Module):
 
     def _sparse(self, x: Tensor, gates) -> BodyOutput:
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
-        slot, rows, cap = dispatch_slots(gates.top_indices, self.num_experts, factor)
-        buffers = x.index_select(0, rows).view(self.num_experts, cap, x.shape[1])
-        mixed, ran = combine(self.experts.forward_buffers(buffers), slot, gates.top_indices, gates.top_weights)
+        if factor is None and self.grouped and _eager() and grouped_mm_runs(x, self.experts):
+            slot, rows, counts = grouped_slots(gates.top_indices, self.num_experts)
+            outputs = self.experts.forward_groups(x.index_select(0, rows), counts)
+        else:
+            slot, rows, cap = dispatch_slots(gates.top_indices, self.num_experts, factor)
+            outputs = self.experts.forward_buffers(x.index_select(0, rows).view(self.num_experts, cap, x.shape[1]))
+        mixed, ran = combine(outputs, slot, gates.top_indices, gates.top_weights)
         return list(mixed.unbind(0)), gates._replace(dispatch=dispatch_stats(gates.top_indices, ran, self.num_experts))
+
+
+def _eager() -> bool:
+    """Not being traced for export or compiled: the grouped kernel's data-dependent sizes would
+    not export."""
+    return not (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+                or torch.jit.is_tracing())

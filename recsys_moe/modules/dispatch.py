@@ -19,6 +19,12 @@ prediction). Drops are counted per task and expert (:class:`DispatchStats`). Wit
 is dropped, so a row's prediction never depends on the other rows of its batch, and the buffers
 are as small as the routing allows (the export computes this size inside the graph). With no
 overflow the result equals the dense computation over all experts with the same top-k weights.
+
+**Grouped kernel.** When the router is imbalanced, the busiest expert's load can be many times
+an even share, and padding every buffer to it wastes that much compute. Outside training, eager
+torch therefore runs the experts on jagged groups instead (:func:`grouped_slots`, one
+``torch.nn.functional.grouped_mm`` per layer) where torch has the kernel: the same outputs
+without padding. The exported graph keeps the buffers (ONNX has no grouped matmul).
 """
 
 from __future__ import annotations
@@ -73,20 +79,43 @@ def dispatch_slots(top_idx: Tensor, num_experts: int, factor: float | None) -> t
     return slot, rows[:nowhere], cap
 
 
-def combine(outputs: Tensor, slot: Tensor, top_idx: Tensor, top_w: Tensor) -> tuple[Tensor, Tensor]:
-    """Each task's mixture from the expert buffers.
+def grouped_slots(top_idx: Tensor, num_experts: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Where each (row, expert) pair goes when the experts run on jagged groups (nothing dropped,
+    no padding): the pairs sorted by expert, each expert's rows in batch order.
 
-    ``outputs``: ``[E, C, D]``; ``slot``: from :func:`dispatch_slots`; ``top_idx``/``top_w``:
-    ``[T, B, k]`` chosen experts and their gate weights. Returns ``[T, B, D]`` and a ``[T, B, k]``
-    mask of the chosen pairs that ran."""
-    e, c, d = outputs.shape
+    Returns ``slot`` ``[B, E]`` (the pair's index in that order, or ``N``, the number of pairs,
+    when no task chose it), ``rows`` ``[N]`` (each pair's row) and ``counts`` ``[E]`` (pairs per
+    expert). Eager torch only: ``N`` depends on the data."""
+    t, b, k = top_idx.shape
+    chosen = top_idx.permute(1, 0, 2).reshape(b, t * k)
+    needed = torch.zeros(b, num_experts, dtype=torch.int64, device=top_idx.device).scatter(1, chosen, 1)
+    counts = needed.sum(0)
+    total = int(counts.sum())
+    start = counts.cumsum(0) - counts
+    slot = torch.where(needed > 0, start + needed.cumsum(0) - 1, total)
+    row_ids = torch.arange(b, device=top_idx.device).unsqueeze(1).expand(b, num_experts)
+    rows = torch.zeros(total + 1, dtype=torch.int64, device=top_idx.device)
+    rows = rows.scatter(0, slot.reshape(-1), row_ids.reshape(-1))
+    return slot, rows[:total], counts
+
+
+def combine(outputs: Tensor, slot: Tensor, top_idx: Tensor, top_w: Tensor) -> tuple[Tensor, Tensor]:
+    """Each task's mixture from the experts' outputs.
+
+    ``outputs``: ``[E, C, D]`` buffers (:func:`dispatch_slots`) or ``[N, D]`` pairs
+    (:func:`grouped_slots`), read at ``slot``, where a slot past the end means the pair did not
+    run; ``top_idx``/``top_w``: ``[T, B, k]`` chosen experts and their gate weights. Returns
+    ``[T, B, D]`` and a ``[T, B, k]`` mask of the chosen pairs that ran."""
+    d = outputs.shape[-1]
+    flat = outputs.reshape(-1, d)
+    n = flat.shape[0]
     t, b, k = top_idx.shape
     where = slot.gather(1, top_idx.permute(1, 0, 2).reshape(b, t * k)).view(b, t, k).permute(1, 0, 2)
-    ran = where < e * c
+    ran = where < n
     w = top_w * ran.to(top_w.dtype)
     w = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
     # a pair that did not run reads some slot's output and weighs it by 0
-    picked = outputs.reshape(e * c, d).index_select(0, where.clamp(max=e * c - 1).reshape(-1)).view(t, b, k, d)
+    picked = flat.index_select(0, where.clamp(max=n - 1).reshape(-1)).view(t, b, k, d)
     mixed = (picked * w.unsqueeze(-1).to(outputs.dtype)).sum(2)
     return mixed, ran
 

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -66,3 +67,29 @@ class BatchedExperts(nn.Module):
         for w, b in zip(self.weights, self.biases, strict=True):
             h = self.dropout(torch.relu(torch.baddbmm(b.unsqueeze(1), h, w)))
         return h
+
+    def forward_groups(self, x: Tensor, counts: Tensor) -> Tensor:
+        """Each expert on its own rows, as jagged groups: ``x: [N, in]`` sorted by expert, the
+        first ``counts[0]`` rows for expert 0 and so on -> ``[N, out]``; one
+        ``torch.nn.functional.grouped_mm`` per layer, no padding (see :func:`grouped_mm_runs`)."""
+        offs = counts.cumsum(0).to(torch.int32)
+        expert_of_row = torch.repeat_interleave(torch.arange(self.num_experts, device=x.device), counts, output_size=x.shape[0])
+        h = x
+        for w, b in zip(self.weights, self.biases, strict=True):
+            h = self.dropout(torch.relu(F.grouped_mm(h, w, offs=offs) + b.index_select(0, expert_of_row)))
+        return h
+
+
+def grouped_mm_runs(x: Tensor, experts: BatchedExperts) -> bool:
+    """Whether :meth:`BatchedExperts.forward_groups` can run on ``x``: torch has ``grouped_mm``
+    (2.9 on), every layer's width is a multiple of 16 bytes (the kernel's stride rule), and on
+    CUDA the values are bfloat16 (compute capability 8.0 on), the only type its kernel takes
+    there; elsewhere the padded buffers run."""
+    if not hasattr(F, "grouped_mm"):
+        return False
+    per_16_bytes = 16 // x.element_size()
+    if any(w.shape[1] % per_16_bytes or w.shape[2] % per_16_bytes for w in experts.weights):
+        return False
+    if x.device.type == "cpu":
+        return True
+    return x.device.type == "cuda" and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)

@@ -1,6 +1,7 @@
 """Sparse dispatch: equal to the dense mixture when nothing overflows, exact overflow accounting,
 gradients only where experts ran, and the z-loss."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from recsys_moe.models.factory import sparse_dispatch
 from recsys_moe.models.mmoe import MMoEBody
 from recsys_moe.modules import TaskGates
 from recsys_moe.modules.dispatch import capacity, combine, dispatch_slots, dispatch_stats
+from recsys_moe.modules.experts import grouped_mm_runs
 from recsys_moe.training.gate_diagnostics import GateAccumulator
 
 
@@ -123,3 +125,72 @@ def test_outside_training_a_rows_output_does_not_depend_on_its_batch():
     for t in range(2):
         torch.testing.assert_close(torch.cat([p[t] for p in parts]), whole[t], rtol=1e-6, atol=1e-6)
     assert gates.dispatch.dropped.sum() == 0
+
+
+def test_grouped_kernel_equals_the_padded_buffers_and_dense_under_an_imbalanced_router(monkeypatch):
+    """Outside training the experts run on jagged groups (no padding up to the busiest expert);
+    the result is the padded buffers' and the dense mixture's, with empty experts too."""
+    torch.manual_seed(5)
+    sparse, dense = _pair(16, 2)
+    for body in (sparse, dense):
+        body.eval()
+    with torch.no_grad():  # most rows to experts 0-2, none to 10-15
+        sparse.gates.logits.bias[:] = torch.tensor([4.0, 3.0, 2.0] + [0.0] * 7 + [-30.0] * 6).repeat(2)
+    dense.load_state_dict(sparse.state_dict())
+    x = torch.randn(500, 20)
+    ran_groups = []
+    forward_groups = sparse.experts.forward_groups
+    monkeypatch.setattr(sparse.experts, "forward_groups", lambda h, c: ran_groups.append(c.tolist()) or forward_groups(h, c))
+    with torch.no_grad():
+        grouped, gates = sparse([x])
+        sparse.grouped = False
+        padded, _ = sparse([x])
+        want, _ = dense([x])
+    (counts,) = ran_groups
+    assert counts[0] > 5 * sum(counts) / 16 and counts[-1] == 0  # imbalanced, with empty groups
+    for g, p, w in zip(grouped, padded, want, strict=True):
+        torch.testing.assert_close(g, p, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    assert gates.dispatch.dropped.sum() == 0
+
+
+def test_widths_the_grouped_kernel_cannot_take_fall_back_to_the_buffers():
+    torch.manual_seed(6)
+    sparse, dense = _pair(8, 2, in_dim=10)  # 10 float32 values: 40 bytes, not a multiple of 16
+    assert not grouped_mm_runs(torch.zeros(1, 10), sparse.experts)
+    assert grouped_mm_runs(torch.zeros(1, 20), _pair(8, 2)[0].experts)
+    x = torch.randn(64, 10)
+    with torch.no_grad():
+        got, _ = sparse.eval()([x])
+        want, _ = dense.eval()([x])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+class _Mixtures(torch.nn.Module):
+    def __init__(self, body: MMoEBody) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return torch.stack(self.body([x])[0])
+
+
+def test_the_export_keeps_the_buffers_and_matches_the_grouped_kernel(tmp_path):
+    """Traced for ONNX, the body takes the padded buffers (the grouped kernel's sizes depend on the
+    data); ONNX Runtime then matches eager torch, which runs the groups."""
+    import onnxruntime as ort
+
+    torch.manual_seed(7)
+    body = MMoEBody(20, 2, 16, [16, 12], top_k=2, sparse=True).eval()
+    x = torch.randn(300, 20)
+    assert grouped_mm_runs(x, body.experts)
+    program = torch.onnx.export(_Mixtures(body), (x,), dynamo=True, input_names=["x"], output_names=["mixed"],
+                                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, verbose=False)
+    program.save(str(tmp_path / "body.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "body.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = _Mixtures(body)(x).numpy()
+    for n in (1, 300):
+        got = session.run(None, {"x": x[:n].numpy()})[0]
+        np.testing.assert_allclose(got, want[:, :n], rtol=1e-5, atol=1e-5)
