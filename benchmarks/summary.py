@@ -154,6 +154,10 @@ def _experts_rows() -> list[str]:
                 f"{len(tp['4 softmax']['runs'])} rounds): 4 experts softmax {tp['4 softmax']['samples_per_s']:,.0f} samples/s, "
                 f"64 experts top-2 sparse {tp['64 top-2 sparse']['samples_per_s']:,.0f} "
                 f"({tp['ratio_64_top2_sparse_over_4_softmax']:.2f}x), 64 experts top-2 dense {tp['64 top-2 dense']['samples_per_s']:,.0f}."]
+    if "kernel" in ex:
+        parts = [f"{r['experts']} experts, router {r['router']} (busiest expert {r['busiest_over_even']:.1f}x an even share): "
+                 f"{r['padded_rows_per_s']:,.0f} padded, {r['grouped_rows_per_s']:,.0f} grouped" for r in ex["kernel"]]
+        out += ["", f"Eager torch outside training, top-2 sparse, rows/s ({ex['dates']['kernel']}): " + "; ".join(parts) + "."]
     for dataset, block in ex.get("models", {}).items():
         out += ["", f"Whole model on {dataset} ({block['train_rows']:,} train rows; test days held out by time; "
                 "mean ± std where 3 seeds ran, else one seed):", "",
