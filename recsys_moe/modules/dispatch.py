@@ -59,8 +59,7 @@ def dispatch_slots(top_idx: Tensor, num_experts: int, factor: float | None) -> t
     chose it or the expert was full; ``rows`` ``[E * cap]``: the row each buffer slot holds (an
     empty slot holds row 0, whose output nothing reads); and the capacity ``cap``."""
     t, b, k = top_idx.shape
-    chosen = top_idx.permute(1, 0, 2).reshape(b, t * k)
-    needed = torch.zeros(b, num_experts, dtype=torch.int64, device=top_idx.device).scatter(1, chosen, 1)
+    needed = _needed(top_idx, num_experts)
     if factor is None:
         cap = needed.sum(0).max().item()  # data-dependent: exported as a ReduceMax in the graph
         torch._check(cap >= 1)
@@ -72,11 +71,7 @@ def dispatch_slots(top_idx: Tensor, num_experts: int, factor: float | None) -> t
     nowhere = num_experts * cap
     base = torch.arange(num_experts, device=top_idx.device) * cap
     slot = torch.where(valid, base + pos, nowhere)
-    row_ids = torch.arange(b, device=top_idx.device).unsqueeze(1).expand(b, num_experts)
-    # every pair writes its row id to its slot; the ones going nowhere land in a spare last slot
-    rows = torch.zeros(nowhere + 1, dtype=torch.int64, device=top_idx.device)
-    rows = rows.scatter(0, slot.reshape(-1), row_ids.reshape(-1))
-    return slot, rows[:nowhere], cap
+    return slot, _rows_of_slots(slot, nowhere), cap
 
 
 def grouped_slots(top_idx: Tensor, num_experts: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -86,17 +81,28 @@ def grouped_slots(top_idx: Tensor, num_experts: int) -> tuple[Tensor, Tensor, Te
     Returns ``slot`` ``[B, E]`` (the pair's index in that order, or ``N``, the number of pairs,
     when no task chose it), ``rows`` ``[N]`` (each pair's row) and ``counts`` ``[E]`` (pairs per
     expert). Eager torch only: ``N`` depends on the data."""
-    t, b, k = top_idx.shape
-    chosen = top_idx.permute(1, 0, 2).reshape(b, t * k)
-    needed = torch.zeros(b, num_experts, dtype=torch.int64, device=top_idx.device).scatter(1, chosen, 1)
+    needed = _needed(top_idx, num_experts)
     counts = needed.sum(0)
     total = int(counts.sum())
     start = counts.cumsum(0) - counts
     slot = torch.where(needed > 0, start + needed.cumsum(0) - 1, total)
-    row_ids = torch.arange(b, device=top_idx.device).unsqueeze(1).expand(b, num_experts)
-    rows = torch.zeros(total + 1, dtype=torch.int64, device=top_idx.device)
-    rows = rows.scatter(0, slot.reshape(-1), row_ids.reshape(-1))
-    return slot, rows[:total], counts
+    return slot, _rows_of_slots(slot, total), counts
+
+
+def _needed(top_idx: Tensor, num_experts: int) -> Tensor:
+    """``[B, E]``: 1 where some task chose the expert for the row."""
+    t, b, k = top_idx.shape
+    chosen = top_idx.permute(1, 0, 2).reshape(b, t * k)
+    return torch.zeros(b, num_experts, dtype=torch.int64, device=top_idx.device).scatter(1, chosen, 1)
+
+
+def _rows_of_slots(slot: Tensor, slots: int) -> Tensor:
+    """``[slots]``: the row whose pair each slot holds (0 for an empty one). Every pair writes its
+    row id to its slot; the ones going nowhere (slot ``slots``) land in a spare last slot."""
+    b, e = slot.shape
+    row_ids = torch.arange(b, device=slot.device).unsqueeze(1).expand(b, e)
+    rows = torch.zeros(slots + 1, dtype=torch.int64, device=slot.device)
+    return rows.scatter(0, slot.reshape(-1), row_ids.reshape(-1))[:slots]
 
 
 def combine(outputs: Tensor, slot: Tensor, top_idx: Tensor, top_w: Tensor) -> tuple[Tensor, Tensor]:
