@@ -18,8 +18,8 @@ class MMoEBody(nn.Module):
 
     With ``sparse`` (top-k gates only), each expert runs only on the rows some task chose it for,
     up to its capacity (:mod:`recsys_moe.modules.dispatch`): ``capacity_factor`` while training,
-    as in Switch, and ``eval_capacity_factor`` otherwise (None: the busiest expert's load, so
-    nothing is dropped). Without it every expert runs on every row and the gate weights mix them
+    as in Switch, and ``eval_capacity_factor`` otherwise (None: nothing is dropped, and eager
+    torch runs the experts on jagged groups instead of buffers padded to the busiest expert). Without it every expert runs on every row and the gate weights mix them
     (exact for dense and top-k gates alike)."""
 
     def __init__(

@@ -81,10 +81,10 @@ class BatchedExperts(nn.Module):
 
 
 def grouped_mm_runs(x: Tensor, experts: BatchedExperts) -> bool:
-    """Whether :meth:`BatchedExperts.forward_groups` can run on ``x``: torch has ``grouped_mm``
-    (2.9 on), every layer's width is a multiple of 16 bytes (the kernel's stride rule), and on
-    CUDA the values are bfloat16 (compute capability 8.0 on), the only type its kernel takes
-    there; elsewhere the padded buffers run."""
+    """Whether :meth:`BatchedExperts.forward_groups` can run on ``x``: this torch has
+    ``torch.nn.functional.grouped_mm``, every layer's width is a multiple of 16 bytes (the
+    kernel's stride rule), and on CUDA the values are bfloat16 on compute capability 8.0 or
+    later, the only case its CUDA kernel takes. Otherwise the padded buffers run."""
     if not hasattr(F, "grouped_mm"):
         return False
     per_16_bytes = 16 // x.element_size()
