@@ -136,7 +136,7 @@ def kernel_part(experts: list[int], in_dim: int, iters: int, rounds: int) -> lis
                 with torch.no_grad():
                     body.gates.logits.bias[:] = torch.linspace(3.0, -3.0, e).repeat(TASKS)
             with torch.no_grad():
-                _, counts = grouped_slots(body.gates(x).top_indices, e)[1:]
+                counts = grouped_slots(body.gates(x).top_indices, e)[2]
             load = float(counts.max()) / (float(counts.sum()) / e)
             rates: dict[str, list[float]] = {"padded": [], "grouped": []}
             for _ in range(rounds):

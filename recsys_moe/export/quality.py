@@ -46,6 +46,16 @@ class QualityReport:
         verdict = "passed" if self.passed else "FAILED: " + "; ".join(self.failed)
         return f"{self.what} quality gate on {self.rows:,} validation rows {verdict}. " + "; ".join(parts)
 
+    def failures(self, max_auc_drop: float, max_spearman_drop: float) -> list[str]:
+        """The limits these figures break, one line each (the gate's verdict for other limits)."""
+        out = []
+        for task, m in self.tasks.items():
+            if "auc_drop" in m and m["auc_drop"] > max_auc_drop:
+                out.append(f"{task} AUC drops by {m['auc_drop']:.5f} (at most {max_auc_drop:g})")
+            if "spearman_drop" in m and m["spearman_drop"] > max_spearman_drop:
+                out.append(f"{task} Spearman drops by {m['spearman_drop']:.5f} (at most {max_spearman_drop:g})")
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
 
@@ -73,12 +83,9 @@ def quality_gate(reference: str | Path, candidate: str | Path, spec: FeatureSpec
             m["auc_drop"] = m["auc_reference"] - m["auc"]
             diff = np.abs(a - b)
             m["mean_abs_diff"], m["max_abs_diff"] = float(diff.mean()), float(diff.max())
-            if m["auc_drop"] > max_auc_drop:
-                report.failed.append(f"{task} AUC drops by {m['auc_drop']:.5f} (at most {max_auc_drop:g})")
         else:
             m = {"spearman_reference": spearman(a, label), "spearman": spearman(b, label)}
             m["spearman_drop"] = m["spearman_reference"] - m["spearman"]
-            if m["spearman_drop"] > max_spearman_drop:
-                report.failed.append(f"{task} Spearman drops by {m['spearman_drop']:.5f} (at most {max_spearman_drop:g})")
         report.tasks[task] = m
+    report.failed = report.failures(max_auc_drop, max_spearman_drop)
     return report
