@@ -219,14 +219,56 @@ class GateConfig(_Section):
     """Warn when an expert's mean gate weight is below this for every task (collapse)."""
 
 
-class ModelConfig(_Section):
-    """Architecture. ``kind``: ``mmoe`` (shared experts, one gate per task), ``shared_bottom``
-    (one shared MLP, Caruana 1997) or ``single_task`` (an independent model per task)."""
+class PLEConfig(_Section):
+    """Progressive Layered Extraction (Tang et al., RecSys 2020): per level, ``task_experts``
+    experts per task and ``shared_experts`` shared ones; ``levels: 1`` is CGC."""
 
-    kind: Literal["mmoe", "shared_bottom", "single_task"] = "mmoe"
+    shared_experts: Annotated[int, Field(ge=0)] = 2
+    task_experts: Annotated[int, Field(ge=0)] = 2
+    levels: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> PLEConfig:
+        if self.shared_experts + self.task_experts < 1:
+            raise ValueError("model.ple: shared_experts + task_experts must be at least 1")
+        return self
+
+
+class PositionTowerConfig(_Section):
+    """A shallow tower on the slot features (YouTube, Zhao et al., RecSys 2019): its logit is
+    added to ``task``'s logit in training and replaced by a learned unknown-slot constant when
+    evaluating and scoring. The ``features`` it reads (id features, e.g. ``position``,
+    ``surface``) leave the main model's input."""
+
+    features: list[Identifier]
+    task: Identifier = "ctr"
+    hidden: list[PositiveInt] = [8]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    """Share of training rows whose slot is hidden (the tower's output replaced by the constant)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PositionTowerConfig:
+        if not self.features:
+            raise ValueError("model.position_tower.features: name at least one id feature (e.g. position)")
+        return self
+
+
+class ModelConfig(_Section):
+    """Architecture. ``kind``: ``mmoe`` (shared experts, one gate per task), ``ple`` (shared and
+    task-specific experts, ``model.ple``), ``shared_bottom`` (one shared MLP, Caruana 1997) or
+    ``single_task`` (an independent model per task)."""
+
+    kind: Literal["mmoe", "ple", "shared_bottom", "single_task"] = "mmoe"
     num_experts: PositiveInt = 4
+    """MMoE's shared experts (PLE counts its own in ``model.ple``)."""
     expert_hidden: list[PositiveInt] = [64]
-    """Hidden sizes of each expert (MMoE) or of the shared bottom / single-task bottoms."""
+    """Hidden sizes of each expert (MMoE, PLE) or of the shared bottom / single-task bottoms."""
+    expert_activation: Literal["relu", "swish"] = "relu"
+    """Experts' activation; ``swish`` with ``expert_norm`` is HoME's remedy for collapsed experts
+    (Wang et al., Kuaishou 2024)."""
+    expert_norm: Literal["none", "layer", "batch"] = "none"
+    """Normalise each expert's output before the gates mix them (HoME): ``layer`` (per row) or
+    ``batch`` (per expert and unit over the batch; dense dispatch only)."""
     tower_hidden: list[PositiveInt] = [32]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     embedding_init_std: Annotated[float, Field(gt=0.0)] | None = 0.1
@@ -234,6 +276,16 @@ class ModelConfig(_Section):
     interaction: Literal["dot", "none"] = "dot"
     """``dot``: add pairwise dot products of same-width pooled embeddings to the dense input
     (DLRM, Naumov et al., 2019); ``none``: concatenation only (as torch-rechub's MMoE)."""
+    task_tables: list[Identifier] = []
+    """STEM (Su et al., AAAI 2024): embedding tables that each task also gets a copy of. A task's
+    gate and tower read the shared embeddings plus its own copies (and their dot products), and
+    only that task's loss trains them. Empty: every table is shared."""
+    task_tables_cross: bool = False
+    """With ``task_tables``: each task's gate and tower also read the other tasks' own embeddings,
+    detached from their gradient (STEM's all-forward, task-specific-backward), so a task learns
+    from what the others' tables know without training them."""
+    ple: PLEConfig = PLEConfig()
+    position_tower: PositionTowerConfig | None = None
     gate: GateConfig = GateConfig()
 
     @model_validator(mode="after")
@@ -243,8 +295,14 @@ class ModelConfig(_Section):
             raise ValueError(f"model.gate.top_k ({k}) must not exceed model.num_experts ({self.num_experts})")
         if self.gate.dispatch == "sparse" and k is None:
             raise ValueError("model.gate.dispatch: sparse dispatch needs a top-k gate (set model.gate.top_k)")
+        if k is not None and self.kind == "ple":
+            raise ValueError("model.gate.top_k: PLE's gates are softmax gates over few experts; top-k gating is for kind mmoe")
         if not self.expert_hidden:
             raise ValueError("model.expert_hidden needs at least one layer")
+        if self.task_tables and self.kind == "single_task":
+            raise ValueError("model.task_tables: single_task already gives every task its own tables")
+        if len(set(self.task_tables)) != len(self.task_tables):
+            raise ValueError(f"model.task_tables: duplicate table names {self.task_tables}")
         return self
 
 
@@ -257,6 +315,11 @@ class TaskConfig(_Section):
     kind: Literal["binary", "watch_time"]
     loss: Literal["bce", "log1p_mse", "weighted_logistic", "ziln"] | None = None
     weight: Annotated[float, Field(gt=0.0)] = 1.0
+    calibrate: bool = True
+    """After training, fit a monotone map of the prediction on the validation split
+    (:mod:`recsys_moe.training.calibration`): Platt scaling of a click logit; for watch time a
+    scale of the seconds, so that ``pred_<task>`` estimates expected seconds (with ``log1p_mse``,
+    ``expm1(output)`` alone is a geometric mean, about 3x under the mean on KuaiRand)."""
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
@@ -468,6 +531,7 @@ class Config(_Section):
         if not any(f.kind != "numeric" for f in self.features.features) and self.features.features:
             raise ValueError("features: the model needs at least one id or id_list feature")
         kinds = self.tasks.kinds
+        self._check_model_inputs(kinds)
         unknown = sorted(set(self.evaluation.score_exponents) - set(kinds))
         if unknown:
             raise ValueError(f"evaluation.score_exponents: unknown tasks {unknown}; tasks are {sorted(kinds)}")
@@ -481,6 +545,31 @@ class Config(_Section):
         if metric_names.higher_is_better(promo) is None:
             raise ValueError(f"pipeline.promotion.metric: {promo!r} has no better direction; promote on a metric such as ctr/auc")
         return self
+
+    def _check_model_inputs(self, kinds: dict[str, str]) -> None:
+        """``model.task_tables`` and ``model.position_tower`` name features and tasks that exist."""
+        if not self.features.features:
+            return
+        tables = {f.table_name for f in self.features.features if f.kind != "numeric"}
+        missing = [t for t in self.model.task_tables if t not in tables]
+        if missing:
+            raise ValueError(f"model.task_tables: {missing} are not tables of any feature; tables are {sorted(tables)}")
+        tower = self.model.position_tower
+        if tower is None:
+            return
+        ids = {f.name: f for f in self.features.features if f.kind == "id"}
+        bad = [f for f in tower.features if f not in ids]
+        if bad:
+            raise ValueError(f"model.position_tower.features: {bad} are not id features; id features are {sorted(ids)}")
+        if kinds.get(tower.task) != contract.BINARY:
+            raise ValueError(f"model.position_tower.task: {tower.task!r} is not a binary task of tasks.tasks")
+        own = {ids[f].table_name for f in tower.features}
+        shared = sorted({f.table_name for f in self.features.features if f.kind != "numeric" and f.name not in tower.features} & own)
+        if shared:
+            raise ValueError(f"model.position_tower.features: tables {shared} are also read by the main model's features; "
+                             "the tower's features need tables of their own")
+        if len(ids) == len(tower.features) and not any(f.kind == "id_list" for f in self.features.features):
+            raise ValueError("model.position_tower.features: the main model would have no id feature left")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON types (for MLflow params and saved copies)."""

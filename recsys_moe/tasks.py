@@ -43,6 +43,17 @@ class Task:
     def loss(self, raw: Tensor, label: Tensor) -> Tensor:
         raise NotImplementedError
 
+    calibrated_column = 0
+    """The output column that post-training calibration maps (see :meth:`calibrate`)."""
+
+    def calibrate(self, raw: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """``raw`` with its :attr:`calibrated_column` mapped to ``scale * column + shift``: a
+        monotone map, so rankings are unchanged (fitted on the validation split by
+        :mod:`recsys_moe.training.calibration`; identity until then)."""
+        c = self.calibrated_column
+        col = raw[:, c: c + 1] * scale.to(raw.dtype) + shift.to(raw.dtype)
+        return torch.cat([raw[:, :c], col, raw[:, c + 1:]], dim=1) if raw.shape[1] > 1 else col
+
     def outputs(self, raw: Tensor) -> dict[str, Tensor]:
         """Named outputs of one tower (``raw: [B, output_dim]``)."""
         raise NotImplementedError
@@ -77,6 +88,7 @@ class WatchTimeTask(Task):
         super().__init__(cfg)
         self.kind = cfg.loss_name
         self.output_dim = 3 if self.kind == "ziln" else 1
+        self.calibrated_column = 1 if self.kind == "ziln" else 0  # ziln: shift mu, i.e. scale the seconds
 
     def loss(self, raw: Tensor, label: Tensor) -> Tensor:
         raw, y = raw.float(), label.float().clamp_min(0.0)

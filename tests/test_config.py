@@ -103,4 +103,5 @@ def test_directions_follow_the_vocabulary():
                                                         "pipeline.promotion.metric=ranking/ndcg_at_10"])
     assert names.mode(cfg.tasks.monitor) == "min" and cfg.pipeline.promotion.higher_is_better
     assert names.higher_is_better("val/ctr/logloss") is False and names.higher_is_better("test/ctr/auc") is True
-    assert names.validation_keys(cfg.tasks.kinds) == ["loss", "ctr/auc", "ctr/logloss", "watch_time/rmse_log1p", "watch_time/spearman"]
+    assert names.validation_keys(cfg.tasks.kinds) == ["loss", "ctr/auc", "ctr/logloss", "ctr/calibration", "ctr/ece",
+                                                      "watch_time/rmse_log1p", "watch_time/spearman", "watch_time/calibration"]

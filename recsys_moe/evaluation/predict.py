@@ -73,7 +73,8 @@ class TorchPredictor:
 
     @classmethod
     def load(cls, path: str | Path, label: str | None = None, exponents: Mapping[str, float] | None = None) -> TorchPredictor:
-        """``path``: a model folder, or a ``.ckpt`` whose run folder holds ``model/``."""
+        """``path``: a model folder, or a ``.ckpt`` whose run folder holds ``model/`` (its weights
+        with the run's calibration, which was fitted for the best checkpoint)."""
         import torch
 
         from recsys_moe.training.artifacts import ModelLoadError, load_model
@@ -85,6 +86,8 @@ class TorchPredictor:
                 try:
                     ckpt = torch.load(path, map_location="cpu", weights_only=True)
                     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+                    # a checkpoint is the training state: it keeps the run's calibration (model/)
+                    state |= {k: v for k, v in model.state_dict().items() if k.startswith("calibration_")}
                     model.load_state_dict(state)
                 except (OSError, RuntimeError, KeyError, EOFError) as exc:
                     raise ModelLoadError(f"{path}: cannot load the checkpoint's weights ({exc})") from exc

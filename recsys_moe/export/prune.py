@@ -21,7 +21,6 @@ from torch import nn
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.models import MultiTaskModel
 from recsys_moe.models.mmoe import MMoEBody
-from recsys_moe.modules import BatchedExperts
 from recsys_moe.training.batches import ColumnarSplit
 from recsys_moe.training.gate_diagnostics import GateAccumulator
 
@@ -33,7 +32,7 @@ class PruneError(ValueError):
 def expert_usage(model: MultiTaskModel, spec: FeatureSpec, rows: pa.Table, batch_rows: int = 8192) -> np.ndarray:
     """``[T, E]`` mean gate weight of each expert for each task on ``rows`` (model-ready)."""
     if not isinstance(model.body, MMoEBody):
-        raise PruneError(f"expert pruning applies to mixture-of-experts models, not {model.kind!r}")
+        raise PruneError(f"expert pruning applies to MMoE models, not {model.kind!r}")
     split = ColumnarSplit(spec, rows, "usage rows", ())
     acc = GateAccumulator()
     with torch.inference_mode():
@@ -60,25 +59,21 @@ def pruned_copy(model: MultiTaskModel, drop: list[int]) -> MultiTaskModel:
     """A copy of ``model`` without the experts ``drop`` (their gate logits removed too)."""
     body = model.body
     if not isinstance(body, MMoEBody):
-        raise PruneError(f"expert pruning applies to mixture-of-experts models, not {model.kind!r}")
+        raise PruneError(f"expert pruning applies to MMoE models, not {model.kind!r}")
     e = body.num_experts
     keep = [i for i in range(e) if i not in set(drop)]
     if not keep:
         raise PruneError("every expert is under the pruning threshold; nothing would be left to serve")
     out = copy.deepcopy(model)
     new = out.body
-    old = body.experts
-    experts = BatchedExperts(len(keep), old.weights[0].shape[1], [w.shape[2] for w in old.weights])
-    experts.dropout = copy.deepcopy(old.dropout)
-    with torch.no_grad():
-        for dst, src in zip([*experts.weights, *experts.biases], [*old.weights, *old.biases], strict=True):
-            dst.copy_(src[keep])
-    new.experts = experts
+    new.experts = body.experts.subset(keep)
     gates = new.gates
     rows = [t * e + i for t in range(gates.num_tasks) for i in keep]  # the gate logits are [T, E] flat
     gates.logits = _rows_of(body.gates.logits, rows)
     if gates.noise is not None:
         gates.noise = _rows_of(body.gates.noise, rows)
+    if gates.task_weight is not None:
+        gates.task_weight = nn.Parameter(body.gates.task_weight.detach()[:, :, keep].clone())
     gates.num_experts = new.num_experts = len(keep)
     if gates.top_k is not None:
         gates.top_k = new.top_k = min(gates.top_k, len(keep))

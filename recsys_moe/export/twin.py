@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from recsys_moe import contract
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.models import MultiTaskModel
+from recsys_moe.models.multitask import ModelInputs
 from recsys_moe.modules import SparseEmbedding
 
 
@@ -67,12 +68,15 @@ class PaddedEmbedding(nn.Module):
 
 
 class OnnxTwin(nn.Module):
-    """``forward(ids, *lists, dense)`` -> ``(prediction per task..., score)``."""
+    """``forward(ids, *lists, dense)`` -> ``(prediction per task..., score)``: the model in
+    evaluation mode, every embedding set (shared, and each task's own tables) looked up as
+    padded ids."""
 
     def __init__(self, model: MultiTaskModel, spec: FeatureSpec, score_exponents: dict[str, float] | None = None) -> None:
         super().__init__()
         self.id_features, self.list_features = spec.id_features, spec.list_features
         self.embeddings = nn.ModuleList(PaddedEmbedding(e, self.id_features, self.list_features) for e in model.embeddings)
+        self.task_embeddings = nn.ModuleList(PaddedEmbedding(e, self.id_features, self.list_features) for e in model.task_embeddings)
         self.model = model
         self.prediction_names = [t.prediction_name for t in model.tasks]
         exps = contract.exponents_for(model.task_names, score_exponents or dict.fromkeys(model.task_names, 1.0))
@@ -82,8 +86,10 @@ class OnnxTwin(nn.Module):
 
     def forward(self, ids: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
         lists, dense = list(rest[:-1]), rest[-1]
-        inputs = [self.model.combine_parts(e(ids, lists), dense) for e in self.embeddings]
-        out = self.model.head(inputs)
+        shared = [self.model.combine_parts(e(ids, lists), dense) for e in self.embeddings]
+        task = [self.model.combine_task_parts(e(ids, lists)) for e in self.task_embeddings] or None
+        # a position tower serves its unknown-slot constant: no slot lookups in the graph
+        out = self.model.head(ModelInputs(shared, task))
         preds = [out[name] for name in self.prediction_names]
         score = None
         for p, e in zip(preds, self.exponents, strict=True):

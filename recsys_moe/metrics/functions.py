@@ -80,12 +80,17 @@ def spearman(pred: np.ndarray, target: np.ndarray) -> float:
 
 def task_metrics(kind: str, name: str, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
     """The validation metrics of one task, named as :mod:`recsys_moe.metrics.names` says:
-    binary -> ``<task>/auc``, ``<task>/logloss``; watch time -> ``<task>/rmse_log1p`` and
-    ``<task>/spearman`` on ``log1p(seconds)``."""
+    binary -> ``<task>/auc``, ``<task>/logloss``, ``<task>/ece`` and ``<task>/calibration`` (mean
+    predicted over observed rate); watch time -> ``<task>/rmse_log1p`` and ``<task>/spearman`` on
+    ``log1p(seconds)`` and ``<task>/calibration`` (mean predicted over mean observed seconds)."""
     if kind == BINARY:
-        return {key(name, "auc"): auc(pred, label), key(name, "logloss"): logloss(pred, label)}
+        cal = calibration(pred, label)
+        return {key(name, "auc"): auc(pred, label), key(name, "logloss"): logloss(pred, label),
+                key(name, "ece"): cal.ece, key(name, "calibration"): cal.ratio}
     p, y = np.log1p(np.clip(pred, 0, None)), np.log1p(np.clip(label, 0, None))
-    return {key(name, "rmse_log1p"): rmse(p, y), key(name, "spearman"): spearman(p, y)}
+    observed = float(np.clip(label, 0, None).mean())
+    ratio = float(np.clip(pred, 0, None).mean() / observed) if observed > 0 else float("nan")
+    return {key(name, "rmse_log1p"): rmse(p, y), key(name, "spearman"): spearman(p, y), key(name, "calibration"): ratio}
 
 
 def mae(pred: np.ndarray, target: np.ndarray) -> float:

@@ -33,12 +33,13 @@ TASK_METRICS: tuple[MetricDef, ...] = (
     MetricDef("gauc", BINARY, True, False, "per-user AUC, weighted by the user's impressions"),
     MetricDef("logloss", BINARY, False, True, "binary cross-entropy of the probability"),
     MetricDef("ne", BINARY, False, False, "normalised entropy: logloss over the entropy of the base rate"),
-    MetricDef("calibration", BINARY, None, False, "mean predicted over observed rate (1 is calibrated)"),
-    MetricDef("ece", BINARY, False, False, "expected calibration error over probability bins"),
+    MetricDef("calibration", BINARY, None, True, "mean predicted over observed rate (1 is calibrated)"),
+    MetricDef("ece", BINARY, False, True, "expected calibration error over probability bins"),
     MetricDef("rmse_log1p", WATCH_TIME, False, True, "RMSE of log1p(seconds)"),
     MetricDef("mae_log1p", WATCH_TIME, False, False, "mean absolute error of log1p(seconds)"),
     MetricDef("spearman", WATCH_TIME, True, True, "Spearman rank correlation with the observed seconds"),
     MetricDef("xauc", WATCH_TIME, True, False, "share of same-user pairs ordered as their watch times (XAUC)"),
+    MetricDef("calibration", WATCH_TIME, None, True, "mean predicted over mean observed seconds (1 is calibrated)"),
 )
 _BY_NAME = {m.name: m for m in TASK_METRICS}
 LOSS = "loss"

@@ -20,6 +20,7 @@ from torch import nn
 
 from recsys_moe.models.mmoe import MMoEBody
 from recsys_moe.models.multitask import MultiTaskModel
+from recsys_moe.models.ple import PLEBody
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_ROW_OVERHEAD = 4
@@ -58,7 +59,8 @@ def _linear_macs(module: nn.Module) -> int:
 
 def model_cost(model: MultiTaskModel) -> dict[str, Any]:
     """Bytes per part and precision, and FLOPs per row, of ``model`` as the export serves it."""
-    tables = {name: tuple(w.shape) for e in model.embeddings for name, w in e.table_weights().items()}
+    # the position tower's tables are for training only: serving adds its unknown-slot constant
+    tables = {name: tuple(w.shape) for name, w in model.table_weights().items() if not name.startswith("position/")}
     body = model.body
     parts: dict[str, int] = {}
     flops: dict[str, int] = {}
@@ -71,6 +73,14 @@ def model_cost(model: MultiTaskModel) -> dict[str, Any]:
             runs = min(body.num_experts, body.num_tasks * body.top_k)
         flops["experts"] = 2 * per_expert * runs
         flops["gates"] = 2 * _linear_macs(body.gates.logits)
+        if body.gates.task_weight is not None:
+            flops["gates"] += 2 * body.gates.task_weight.numel()
+    elif isinstance(body, PLEBody):
+        parts["experts"] = sum(_params(layer.experts) for layer in body.layers)
+        parts["gates"] = _params(body) - parts["experts"]
+        flops["experts"] = 2 * sum(layer.num_experts * sum(w.shape[1] * w.shape[2] for w in layer.experts.weights)
+                                   for layer in body.layers)
+        flops["gates"] = 2 * parts["gates"]  # one multiply-add per gate weight (biases are few)
     else:
         parts["body"] = _params(body)
         flops["body"] = 2 * _linear_macs(body)
@@ -78,6 +88,8 @@ def model_cost(model: MultiTaskModel) -> dict[str, Any]:
     flops["towers"] = 2 * _linear_macs(model.towers)
     if model.interaction is not None:
         flops["interaction"] = 2 * sum(model.interaction.pair_macs())
+    if model.task_interaction is not None:
+        flops["interaction"] = flops.get("interaction", 0) + 2 * len(model.task_embeddings) * sum(model.task_interaction.pair_macs())
     dense_total = sum(parts.values())
     by_precision: dict[str, dict[str, int]] = {}
     for p in PRECISIONS:

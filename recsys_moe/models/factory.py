@@ -6,9 +6,10 @@ from recsys_moe.config import ModelConfig, TasksConfig
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.models.mmoe import MMoEBody
 from recsys_moe.models.multitask import MultiTaskModel
+from recsys_moe.models.ple import PLEBody
 from recsys_moe.models.shared_bottom import SharedBottomBody
 from recsys_moe.models.single_task import SingleTaskBody
-from recsys_moe.modules import MLP, DotInteraction, SparseEmbedding, TableDef
+from recsys_moe.modules import MLP, DotInteraction, PositionTower, SparseEmbedding, TableDef
 from recsys_moe.tasks import build_tasks
 
 
@@ -39,22 +40,54 @@ def sparse_dispatch(model: ModelConfig, num_tasks: int) -> bool:
 
 
 def build_model(model: ModelConfig, tasks: TasksConfig, spec: FeatureSpec) -> MultiTaskModel:
-    """MMoE, SharedBottom or SingleTask with the same inputs, towers and outputs."""
+    """MMoE, PLE, SharedBottom or SingleTask with the same inputs, towers and outputs, plus the
+    optional task-specific tables (``model.task_tables``) and position tower."""
     task_objs = build_tasks(tasks.tasks)
     n_tasks = len(task_objs)
     defs = table_defs(spec)
-    order = [f.name for f in spec.features.features if f.kind != "numeric"]
+    id_feats = [f for f in spec.features.features if f.kind != "numeric"]
+    slot_feats = set(model.position_tower.features) if model.position_tower else set()
+    order = [f.name for f in id_feats if f.name not in slot_feats]
+    main_defs = [t for t in defs if set(t.feature_names) - slot_feats]
     n_sets = n_tasks if model.kind == "single_task" else 1
-    embeddings = [SparseEmbedding(defs, order, model.embedding_init_std) for _ in range(n_sets)]
+    embeddings = [SparseEmbedding(main_defs, order, model.embedding_init_std) for _ in range(n_sets)]
     interaction = DotInteraction(embeddings[0].feature_dims) if model.interaction == "dot" else None
     in_dim = embeddings[0].out_dim + len(spec.dense_columns) + (interaction.out_dim if interaction else 0)
+
+    task_embeddings: list[SparseEmbedding] = []
+    task_interaction = None
+    task_dim = 0
+    if model.task_tables:
+        own = [t for t in defs if t.name in model.task_tables]
+        own_order = [f for f in order if any(f in t.feature_names for t in own)]
+        task_embeddings = [SparseEmbedding(own, own_order, model.embedding_init_std) for _ in range(n_tasks)]
+        dims = task_embeddings[0].feature_dims
+        task_interaction = DotInteraction(dims) if model.interaction == "dot" else None
+        task_dim = task_embeddings[0].out_dim + (task_interaction.out_dim if task_interaction else 0)
+        if model.task_tables_cross:
+            task_dim *= n_tasks
+
+    norm = None if model.expert_norm == "none" else model.expert_norm
+    g = model.gate
     if model.kind == "mmoe":
-        g = model.gate
         body = MMoEBody(in_dim, n_tasks, model.num_experts, model.expert_hidden, model.dropout, g.temperature, g.top_k, g.noise,
-                        sparse_dispatch(model, n_tasks), g.capacity_factor, g.eval_capacity_factor)
+                        sparse_dispatch(model, n_tasks), g.capacity_factor, g.eval_capacity_factor,
+                        model.expert_activation, norm, task_dim)
+    elif model.kind == "ple":
+        p = model.ple
+        body = PLEBody(in_dim, n_tasks, p.shared_experts, p.task_experts, model.expert_hidden, p.levels, model.dropout,
+                       g.temperature, model.expert_activation, norm, task_dim)
     elif model.kind == "shared_bottom":
         body = SharedBottomBody(in_dim, n_tasks, model.expert_hidden, model.dropout)
     else:
         body = SingleTaskBody(in_dim, n_tasks, model.expert_hidden, model.dropout)
-    towers = {t.name: MLP(body.out_dim, model.tower_hidden, out_dim=t.output_dim, dropout=model.dropout) for t in task_objs}
-    return MultiTaskModel(model.kind, embeddings, body, towers, task_objs, interaction)
+    towers = {t.name: MLP(body.out_dim + task_dim, model.tower_hidden, out_dim=t.output_dim, dropout=model.dropout) for t in task_objs}
+
+    position = None
+    if model.position_tower is not None:
+        pt = model.position_tower
+        slot_defs = [t for t in defs if set(t.feature_names) & slot_feats]
+        slot_embedding = SparseEmbedding(slot_defs, [f.name for f in id_feats if f.name in slot_feats], model.embedding_init_std)
+        position = PositionTower(slot_embedding, pt.hidden, pt.dropout)
+    return MultiTaskModel(model.kind, embeddings, body, towers, task_objs, interaction, task_embeddings, task_interaction,
+                          position, model.position_tower.task if model.position_tower else None, model.task_tables_cross)

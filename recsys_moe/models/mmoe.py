@@ -19,19 +19,26 @@ class MMoEBody(nn.Module):
     With ``sparse`` (top-k gates only), each expert runs only on the rows some task chose it for,
     up to its capacity (:mod:`recsys_moe.modules.dispatch`): ``capacity_factor`` while training,
     as in Switch, and ``eval_capacity_factor`` otherwise (None: nothing is dropped, and eager
-    torch runs the experts on jagged groups instead of buffers padded to the busiest expert). Without it every expert runs on every row and the gate weights mix them
-    (exact for dense and top-k gates alike)."""
+    torch runs the experts on jagged groups instead of buffers padded to the busiest expert).
+    Without it every expert runs on every row and the gate weights mix them (exact for dense and
+    top-k gates alike).
+
+    ``activation`` and ``norm`` shape the experts (:class:`~recsys_moe.modules.BatchedExperts`);
+    ``task_in_dim`` > 0 lets each gate read its task's own embeddings as well (STEM)."""
 
     def __init__(
         self, in_dim: int, num_tasks: int, num_experts: int, hidden: Sequence[int], dropout: float = 0.0,
         temperature: float = 1.0, top_k: int | None = None, noise: bool = True, sparse: bool = False,
         capacity_factor: float | None = 1.25, eval_capacity_factor: float | None = None,
+        activation: str = "relu", norm: str | None = None, task_in_dim: int = 0,
     ) -> None:
         super().__init__()
         if sparse and top_k is None:
             raise ValueError("sparse dispatch needs a top-k gate")
-        self.experts = BatchedExperts(num_experts, in_dim, hidden, dropout)
-        self.gates = TaskGates(in_dim, num_tasks, num_experts, temperature, top_k, noise)
+        if sparse and norm == "batch":
+            raise ValueError("batch norm over experts needs every expert's whole batch: use layer norm with sparse dispatch")
+        self.experts = BatchedExperts(num_experts, in_dim, hidden, dropout, activation, norm)
+        self.gates = TaskGates(in_dim, num_tasks, num_experts, temperature, top_k, noise, task_in_dim)
         self.out_dim = self.experts.out_dim
         self.num_tasks, self.num_experts, self.top_k = num_tasks, num_experts, top_k
         self.sparse = sparse
@@ -41,9 +48,9 @@ class MMoEBody(nn.Module):
         where torch has the kernel (:mod:`recsys_moe.modules.dispatch`); False keeps the padded
         buffers, as the exported graph does."""
 
-    def forward(self, inputs: list[Tensor]) -> BodyOutput:
+    def forward(self, inputs: list[Tensor], task_inputs: list[Tensor] | None = None) -> BodyOutput:
         x = inputs[0]
-        gates = self.gates(x)  # weights [T, B, E]
+        gates = self.gates(x, torch.stack(task_inputs) if task_inputs else None)  # weights [T, B, E]
         if self.sparse:
             return self._sparse(x, gates)
         experts = self.experts(x)  # [E, B, D]

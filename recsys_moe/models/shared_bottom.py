@@ -17,6 +17,6 @@ class SharedBottomBody(nn.Module):
         self.num_tasks = num_tasks
         self.out_dim = self.bottom.out_dim
 
-    def forward(self, inputs: list[Tensor]) -> BodyOutput:
+    def forward(self, inputs: list[Tensor], task_inputs: list[Tensor] | None = None) -> BodyOutput:
         h = self.bottom(inputs[0])
         return [h] * self.num_tasks, None

@@ -18,5 +18,5 @@ class SingleTaskBody(nn.Module):
         self.bottoms = nn.ModuleList(MLP(in_dim, hidden, dropout=dropout) for _ in range(num_tasks))
         self.out_dim = self.bottoms[0].out_dim
 
-    def forward(self, inputs: list[Tensor]) -> BodyOutput:
+    def forward(self, inputs: list[Tensor], task_inputs: list[Tensor] | None = None) -> BodyOutput:
         return [bottom(x) for bottom, x in zip(self.bottoms, inputs, strict=True)], None

@@ -54,11 +54,14 @@ class TaskGates(nn.Module):
     over tasks; it is 1 when the load is even and grows as it concentrates. The router z-loss
     (ST-MoE, Zoph et al., 2022) keeps the logits small, which stabilises routing. Noise is drawn
     only while training: evaluation and export route deterministically.
+
+    ``task_in_dim`` > 0 gives each gate a second input of its own, ``task_x [T, B, task_in_dim]``
+    (a task's own embeddings, STEM: Su et al., AAAI 2024): gate ``t`` reads ``[x, task_x[t]]``.
     """
 
     def __init__(
         self, in_dim: int, num_tasks: int, num_experts: int, temperature: float = 1.0,
-        top_k: int | None = None, noise: bool = True,
+        top_k: int | None = None, noise: bool = True, task_in_dim: int = 0,
     ) -> None:
         super().__init__()
         if top_k is not None and not 1 <= top_k <= num_experts:
@@ -70,12 +73,21 @@ class TaskGates(nn.Module):
         if self.noise is not None:
             nn.init.zeros_(self.noise.weight)
             nn.init.zeros_(self.noise.bias)
+        self.task_weight = None
+        if task_in_dim:
+            bound = 1.0 / (in_dim + task_in_dim) ** 0.5  # nn.Linear's init over the whole input
+            self.task_weight = nn.Parameter(torch.empty(num_tasks, task_in_dim, num_experts).uniform_(-bound, bound))
 
     def _split(self, y: Tensor) -> Tensor:
         return y.view(y.shape[0], self.num_tasks, self.num_experts).transpose(0, 1)  # [T, B, E]
 
-    def forward(self, x: Tensor) -> GateOutput:
-        clean = self._split(self.logits(x)) / self.temperature
+    def forward(self, x: Tensor, task_x: Tensor | None = None) -> GateOutput:
+        logits = self._split(self.logits(x))
+        if self.task_weight is not None:
+            if task_x is None:
+                raise ValueError("these gates read each task's own input: pass task_x [T, B, task_in_dim]")
+            logits = logits + torch.bmm(task_x, self.task_weight)
+        clean = logits / self.temperature
         z_loss = torch.logsumexp(clean.float(), dim=-1).square().mean()
         if self.top_k is None:
             return GateOutput(torch.softmax(clean, dim=-1), clean.new_zeros(()), z_loss)

@@ -23,6 +23,7 @@ from recsys_moe.features.spec import FeatureSpec, SpecError
 from recsys_moe.models import MultiTaskModel, build_model
 
 FORMAT_VERSION = 1
+CALIBRATION_BUFFERS = ("calibration_scale", "calibration_shift")
 
 
 class ModelLoadError(ValueError):
@@ -72,6 +73,9 @@ def load_model(directory: str | Path) -> tuple[MultiTaskModel, FeatureSpec, dict
     model = build_model(ModelConfig.model_validate(meta["model"]), TasksConfig.model_validate(meta["tasks"]), spec)
     try:
         state = torch.load(directory / "state_dict.pt", map_location="cpu", weights_only=True)
+        # folders saved before calibration existed have no calibration buffers: identity
+        for name in CALIBRATION_BUFFERS:
+            state.setdefault(name, getattr(model, name))
         model.load_state_dict(state)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"{directory / 'state_dict.pt'}: cannot load weights ({exc})") from exc

@@ -55,11 +55,13 @@ def build_optimizer(
     embedding_optimizer: str, embedding_lr: float,
 ) -> torch.optim.Optimizer:
     """Adam for dense layers (``weight_decay`` applies there only); ``embedding_optimizer``
-    (``adagrad`` or ``adam``) for parameters under an ``embeddings`` module."""
+    (``adagrad`` or ``adam``) for embedding tables: parameters under an ``embeddings`` module or
+    a torchrec collection (``ebc``, wherever it sits: task tables, the position tower)."""
     emb, dense = [], []
     for name, p in named_params:
         if p.requires_grad:
-            (emb if ".embeddings." in f".{name}" else dense).append(p)
+            path = f".{name}"
+            (emb if ".embeddings." in path or ".ebc." in path else dense).append(p)
     dense_opt = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay) if dense else None
     if not emb:
         return dense_opt

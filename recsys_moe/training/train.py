@@ -8,6 +8,10 @@ Output folder (default ``<work_dir>/train/<model.kind>``)::
     config.yaml           the resolved config
     validation_metrics.json, test_metrics.json, gate_heatmap.png
 
+After training, the best checkpoint's predictions are calibrated on the validation split
+(:mod:`recsys_moe.training.calibration`); the validation and test metrics and the model folder
+are those of the calibrated model (the per-epoch validation during training is uncalibrated).
+
 Running again with the same config resumes from ``checkpoints/last.ckpt`` and continues the
 same MLflow run, so a killed run ends with the same number of steps as an uninterrupted one.
 """
@@ -36,6 +40,7 @@ from recsys_moe.metrics import names as metric_names
 from recsys_moe.models import build_model
 from recsys_moe.training.artifacts import save_model
 from recsys_moe.training.batches import BatchLoader
+from recsys_moe.training.calibration import fit_calibration
 from recsys_moe.training.checkpoint_io import AtomicCheckpointIO
 from recsys_moe.training.datamodule import FeatureDataModule
 from recsys_moe.training.gate_diagnostics import GateSummary
@@ -193,6 +198,7 @@ def train(
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     module.load_state_dict(ckpt["state_dict"])
     module.to("cpu")
+    calibration = fit_calibration(model, dm.val_dataloader())
     validation, gates = evaluate(module, dm.val_dataloader(), "val/")
     test: dict[str, float] = {}
     if evaluate_test:
@@ -200,7 +206,7 @@ def train(
         test, _ = evaluate(module, dm.test_dataloader(), "test/")
 
     model_dir = save_model(out / "model", model, cfg.model, cfg.tasks, spec, extra={
-        "best_checkpoint": Path(best).name, "validation": validation, "mlflow_run_id": run_id,
+        "best_checkpoint": Path(best).name, "validation": validation, "mlflow_run_id": run_id, "calibration": calibration,
     })
     _write_json(out / "validation_metrics.json", validation)
     if test:
@@ -216,7 +222,8 @@ def train(
         artifacts["gates/json"] = out / "gates.json"
     if cfg.tracking.enabled and run_id is not None:
         c = tracking.client(cfg)
-        for k, v in {**{f"best/{k}": v for k, v in validation.items()}, **test}.items():
+        fitted = {f"calibration/{t}/{k}": v for t, maps in calibration.items() for k, v in maps.items()}
+        for k, v in {**{f"best/{k}": v for k, v in validation.items()}, **test, **fitted}.items():
             if v == v:  # skip NaN
                 c.log_metric(run_id, k, v, step=trainer.global_step)
         tracking.log_artifacts(cfg, run_id, artifacts)

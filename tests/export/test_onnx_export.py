@@ -78,6 +78,30 @@ def test_baselines_export_with_parity(small_features, tmp_path, kind):
     assert report.passed
 
 
+@pytest.mark.parametrize("model_cfg", [
+    {"kind": "ple", "ple": {"shared_experts": 2, "task_experts": 1, "levels": 2}, "expert_activation": "swish", "expert_norm": "layer"},
+    {"kind": "ple", "task_tables": ["item", "user"], "task_tables_cross": True, "expert_norm": "batch"},
+    {"kind": "mmoe", "task_tables": ["user"], "position_tower": {"features": ["position", "surface"]}},
+], ids=["ple-2-levels-swish", "ple-stem", "mmoe-stem-position"])
+def test_moe_family_options_export_with_parity(small_features, tmp_path, model_cfg):
+    """PLE, task-specific tables and the position tower pass the same parity gate as MMoE; the
+    graph reads no slot feature (a position tower serves its one unknown-slot constant)."""
+    cfg, spec = small_features
+    torch.manual_seed(3)
+    model = build_model(ModelConfig.model_validate(model_cfg), ZILN, spec)
+    with torch.no_grad():  # calibration and a trained slot constant must reach the graph too
+        model.calibration_scale.copy_(torch.tensor([1.3, 1.0]))
+        model.calibration_shift.copy_(torch.tensor([-0.2, 0.4]))
+        if model.position_tower is not None:
+            model.position_tower.unknown.fill_(-0.5)
+    model.eval()
+    path, report = export_onnx(model, spec, tmp_path / "m.onnx", rows(cfg, "validation"))
+    assert report.passed and report.max_abs_diff["probs_ctr"] <= 1e-5
+    assert not forbidden_ops(graph_ops(path))
+    for n in (1, 7):
+        assert check_parity(model, spec, path, rows(cfg, "train").slice(0, n)).passed
+
+
 def test_parity_gate_catches_a_different_model(exported, tmp_path):
     model, spec, cfg, path, _ = exported
     other = build_model(ModelConfig(kind="mmoe", gate={"top_k": 2}), ZILN, spec).eval()

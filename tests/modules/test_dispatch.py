@@ -14,9 +14,10 @@ from recsys_moe.modules.experts import grouped_mm_runs
 from recsys_moe.training.gate_diagnostics import GateAccumulator
 
 
-def _pair(num_experts: int, top_k: int, tasks: int = 2, in_dim: int = 20, **kw) -> tuple[MMoEBody, MMoEBody]:
-    sparse = MMoEBody(in_dim, tasks, num_experts, [16, 12], top_k=top_k, sparse=True, **kw)
-    dense = MMoEBody(in_dim, tasks, num_experts, [16, 12], top_k=top_k, sparse=False)
+def _pair(num_experts: int, top_k: int, tasks: int = 2, in_dim: int = 20, activation: str = "relu", norm: str | None = None,
+          **kw) -> tuple[MMoEBody, MMoEBody]:
+    sparse = MMoEBody(in_dim, tasks, num_experts, [16, 12], top_k=top_k, sparse=True, activation=activation, norm=norm, **kw)
+    dense = MMoEBody(in_dim, tasks, num_experts, [16, 12], top_k=top_k, sparse=False, activation=activation, norm=norm)
     dense.load_state_dict(sparse.state_dict())
     return sparse, dense
 
@@ -127,11 +128,17 @@ def test_outside_training_a_rows_output_does_not_depend_on_its_batch():
     assert gates.dispatch.dropped.sum() == 0
 
 
-def test_grouped_kernel_equals_the_padded_buffers_and_dense_under_an_imbalanced_router(monkeypatch):
+@pytest.mark.parametrize(("activation", "norm"), [("relu", None), ("swish", "layer")])
+def test_grouped_kernel_equals_the_padded_buffers_and_dense_under_an_imbalanced_router(monkeypatch, activation, norm):
     """Outside training the experts run on jagged groups (no padding up to the busiest expert);
-    the result is the padded buffers' and the dense mixture's, with empty experts too."""
+    the result is the padded buffers' and the dense mixture's, with empty experts too (and with
+    HoME's Swish and per-expert layer norm, whose scale and shift each row takes from its expert)."""
     torch.manual_seed(5)
-    sparse, dense = _pair(16, 2)
+    sparse, dense = _pair(16, 2, activation=activation, norm=norm)
+    if norm:
+        with torch.no_grad():  # experts' norms differ, so a row normalised as another expert's shows
+            sparse.experts.norm.weight.uniform_(0.5, 2.0)
+            sparse.experts.norm.bias.uniform_(-1.0, 1.0)
     for body in (sparse, dense):
         body.eval()
     with torch.no_grad():  # most rows to experts 0-2, none to 10-15
@@ -152,6 +159,11 @@ def test_grouped_kernel_equals_the_padded_buffers_and_dense_under_an_imbalanced_
         torch.testing.assert_close(g, p, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
     assert gates.dispatch.dropped.sum() == 0
+
+
+def test_batch_norm_over_experts_needs_dense_dispatch():
+    with pytest.raises(ValueError, match="layer norm with sparse dispatch"):
+        MMoEBody(8, 2, 4, [6], top_k=2, sparse=True, norm="batch")
 
 
 def test_widths_the_grouped_kernel_cannot_take_fall_back_to_the_buffers():

@@ -12,7 +12,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from recsys_moe.metrics.functions import auc
 from recsys_moe.training.artifacts import load_model
+from recsys_moe.training.batches import ColumnarSplit
 from recsys_moe.training.train import TrainError, train
 from tests.conftest import build_small_features
 
@@ -54,6 +56,35 @@ def test_training_beats_a_constant_and_is_tracked(bigger_features, mlflow_uri, t
     assert loaded_spec.content_hash == spec.content_hash and meta["kind"] == "mmoe"
     state = torch.load(result.model_dir / "state_dict.pt", weights_only=True)
     assert any(k.startswith("embeddings.0.ebc") for k in state)
+    assert "calibration/watch_time/shift" in run.data.metrics
+
+
+def test_training_calibrates_on_validation_and_the_folder_keeps_it(bigger_features, tmp_path):
+    """Platt scaling of the click logit and the expected-seconds shift, fitted on validation,
+    make the mean predictions the observed means there, carried by the model folder, and leave
+    the rankings as they were."""
+    cfg, spec = bigger_features
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    result = train(cfg, output_dir=tmp_path / "run", progress=False, evaluate_test=False)
+    v = result.validation
+    assert v["val/watch_time/calibration"] == pytest.approx(1.0, abs=1e-3)
+    assert v["val/ctr/calibration"] == pytest.approx(1.0, abs=0.01)  # Platt: mean p = base rate at the optimum
+    model, _, meta = load_model(result.model_dir)
+    assert set(meta["calibration"]) == {"ctr", "watch_time"}
+    assert float(model.calibration_shift[1]) == pytest.approx(meta["calibration"]["watch_time"]["shift"])
+    assert float(model.calibration_shift[1]) > 0.1 and float(model.calibration_scale[0]) != 1.0
+
+    split = ColumnarSplit.read(cfg.experiment.work_dir / "features/data/validation", spec)
+    batch = split.batch(torch.arange(split.num_rows))
+    with torch.no_grad():
+        model.eval()
+        calibrated = model(batch.sparse, batch.dense)
+        model.calibration_scale.fill_(1.0)
+        model.calibration_shift.fill_(0.0)
+        raw = model(batch.sparse, batch.dense)
+    label = batch.labels["click"].numpy()
+    assert auc(calibrated["probs_ctr"].numpy(), label) == pytest.approx(auc(raw["probs_ctr"].numpy(), label), abs=1e-6)
+    assert calibrated["pred_watch_time"].mean() > 1.5 * raw["pred_watch_time"].mean()  # log1p_mse: the geometric mean was low
 
 
 def test_other_config_in_the_same_folder_is_refused(small_features, mlflow_uri, tmp_path):
