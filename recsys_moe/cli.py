@@ -353,6 +353,54 @@ def train_cmd(
     )
 
 
+@app.command("tune")
+def tune_cmd(
+    config: ConfigOpt = Path("configs/synthetic.yaml"),
+    overrides: SetOpt = None,
+    trials: Annotated[int | None, typer.Option("--trials", "-n", min=1, help="Trials to run in this call (added to the study's earlier ones).")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Stop starting trials after this many seconds.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write the best config (default: <work_dir>/tune/<study>/best.yaml).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the study and its trials and start over.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show Optuna's progress bar.")] = True,
+) -> None:
+    """Search the model, optimiser, dropout, embedding and gate settings with Optuna.
+
+    Each trial trains on the train split and is scored on the validation split only
+    (tuning.metric, default tasks.monitor); weak trials are pruned after each epoch. Trials are
+    nested MLflow runs under one run for the study. The study is kept in
+    <work_dir>/tune/<study>/optuna.db: run again to add trials. Writes the base config with the
+    best trial's settings as a config file.
+    """
+    from recsys_moe.config import load_raw_config
+    from recsys_moe.data.schema import RawDataError
+    from recsys_moe.features import FeatureError, SpecError
+    from recsys_moe.training.batches import DataError
+    from recsys_moe.tuning import TuneError, tune
+
+    cfg = _load(config, overrides)
+
+    def on_trial(t: dict) -> None:
+        state = "pruned" if t["pruned"] else "done"
+        console.print(f"trial {t['number']}: {t['kind']}, {t['epochs']} epochs, val {cfg.tuning.metric or cfg.tasks.monitor} "
+                      f"{t['value']:.5f} ({state})", highlight=False)
+
+    try:
+        result = tune(cfg, load_raw_config(config, overrides), trials, timeout, output, fresh=fresh, progress=progress, on_trial=on_trial)
+    except (TuneError, SpecError, FeatureError, DataError, RawDataError, OSError) as exc:
+        fail(str(exc))
+        raise
+    table = Table(title=f"study {result.study_name}: best trials by validation {result.metric}")
+    for col in ("trial", result.metric, "model", "epochs"):
+        table.add_column(col)
+    for row in result.leaderboard:
+        table.add_row(str(row["number"]), f"{row['value']:.5f}", str(row["kind"]), str(row["epochs"]))
+    Console().print(table)
+    counts = ", ".join(f"{n} {k.lower()}" for k, n in result.counts.items())
+    console.print(f"trials so far: {counts}\nbest config: {result.config_path} (trial {result.best_trial})\n"
+                  f"study: {result.study_dir / 'optuna.db'}"
+                  + (f"; MLflow parent run {result.mlflow_run_id}" if result.mlflow_run_id else ""), highlight=False)
+
+
 @app.command("export")
 def export_cmd(
     config: ConfigOpt = Path("configs/synthetic.yaml"),

@@ -498,6 +498,37 @@ class PipelineConfig(_Section):
     """Default: ``<work_dir>/pipeline``; each run writes ``<as-of>_<config hash>/`` below it."""
 
 
+class TuningConfig(_Section):
+    """``recsys-moe tune``: an Optuna study (TPE sampler, median pruner) over the model,
+    optimiser, dropout, embedding and gate settings (:mod:`recsys_moe.tuning.space`), scored on
+    the validation split only."""
+
+    metric: str | None = None
+    """Validation metric to optimise (``<task>/<metric>``); null: ``tasks.monitor``."""
+    model_kinds: list[Literal["mmoe", "ple", "shared_bottom", "single_task"]] = ["mmoe", "ple"]
+    """The kinds a trial may pick."""
+    embedding_dims: bool = True
+    """Also sample a scale (0.5x, 1x, 2x) of every table's dim; each distinct scale fits and
+    transforms the features once (cached in the study folder)."""
+    max_epochs: PositiveInt | None = None
+    """Epochs per trial (early stopping still applies); null: ``training.max_epochs``."""
+    startup_trials: Annotated[int, Field(ge=0)] = 8
+    """Random trials before TPE models the space, and trials before the pruner may stop one."""
+    pruning_warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    """Epochs every trial runs before the median pruner may stop it."""
+    study_name: str | None = None
+    """Default: the experiment name. The study lives in ``<work_dir>/tune/<study>/optuna.db``,
+    so running ``tune`` again adds trials to it."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TuningConfig:
+        if not self.model_kinds:
+            raise ValueError("tuning.model_kinds: name at least one model kind")
+        if len(set(self.model_kinds)) != len(self.model_kinds):
+            raise ValueError(f"tuning.model_kinds: duplicates in {self.model_kinds}")
+        return self
+
+
 class ExperimentConfig(_Section):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "synthetic"
     seed: int = 42
@@ -519,6 +550,7 @@ class Config(_Section):
     export: ExportConfig = ExportConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    tuning: TuningConfig = TuningConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -544,6 +576,13 @@ class Config(_Section):
             raise ValueError(metric_names.unknown_metric_message(promo, allowed, "pipeline.promotion.metric"))
         if metric_names.higher_is_better(promo) is None:
             raise ValueError(f"pipeline.promotion.metric: {promo!r} has no better direction; promote on a metric such as ctr/auc")
+        tuned = self.tuning.metric
+        if tuned is not None:
+            allowed_val = metric_names.validation_keys(kinds)
+            if tuned not in allowed_val:
+                raise ValueError(metric_names.unknown_metric_message(tuned, allowed_val, "tuning.metric"))
+            if metric_names.higher_is_better(tuned) is None:
+                raise ValueError(f"tuning.metric: {tuned!r} has no better direction; tune on a metric such as ctr/auc")
         return self
 
     def _check_model_inputs(self, kinds: dict[str, str]) -> None:
@@ -635,17 +674,12 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
         raise ConfigError(_format_validation_error(source, exc)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load ``path`` (YAML), apply dotted ``overrides`` and validate.
-
-    Relative paths inside the config are kept as written: they resolve against the current
-    directory, which is the project root for the documented commands.
-    """
+def load_raw_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The YAML mapping of ``path`` with dotted ``overrides`` set, not yet validated (what a
+    derived config file, such as the tuner's, is written from)."""
     raw: dict[str, Any] = {}
-    source = "<defaults>"
     if path is not None:
         p = Path(path)
-        source = str(p)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
@@ -657,7 +691,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
         raw = loaded
+    return apply_overrides(raw, overrides) if overrides else raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load ``path`` (YAML), apply dotted ``overrides`` and validate.
+
+    Relative paths inside the config are kept as written: they resolve against the current
+    directory, which is the project root for the documented commands.
+    """
+    source = "<defaults>" if path is None else str(path)
     if overrides:
-        raw = apply_overrides(raw, overrides)
         source += " with --set " + " ".join(overrides)
-    return config_from_dict(raw, source)
+    return config_from_dict(load_raw_config(path, overrides), source)

@@ -9,6 +9,7 @@
   evaluate/<split>/                 report, metrics.json      (evaluate)
   evaluate/features/<spec>-<split>/ rows transformed with another model's spec (evaluate)
   scores/                           part-*.parquet, MANIFEST.json   (score)
+  tune/<study>/                     optuna.db, features/<hash>/, trials/<n>/, best.yaml  (tune)
   pipeline/<as-of>_<config hash>/   one pipeline run: a work dir of its own (same layout) plus
                                     steps.json and candidates/
 ```
@@ -78,6 +79,10 @@ class WorkDir:
 
     def export_dir(self, model_kind: str) -> Path:
         return self.root / "export" / model_kind
+
+    # tuning
+    def tune_dir(self, study: str) -> Path:
+        return self.root / "tune" / study
 
     # evaluation and scoring
     def evaluate_dir(self, split: str) -> Path:

@@ -22,7 +22,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,8 +130,10 @@ def train(
     progress: bool = True,
     evaluate_test: bool = True,
     callbacks: Sequence[L.Callback] = (),
+    run_tags: Mapping[str, str] | None = None,
 ) -> TrainResult:
-    """Train ``cfg.model`` on the transformed splits; see the module docstring for the outputs."""
+    """Train ``cfg.model`` on the transformed splits; see the module docstring for the outputs.
+    ``run_tags`` go onto a new MLflow run (``mlflow.parentRunId`` nests it, as the tuner does)."""
     paths = default_paths(cfg)
     spec = FeatureSpec.load(spec_dir or paths["spec"])
     spec.check_matches(cfg.features)
@@ -161,6 +163,7 @@ def train(
                 "data_window_train": f"{split.train.start}..{split.train.end}",
                 "data_window_validation": f"{split.validation.start}..{split.validation.end}",
                 "data_window_test": f"{split.test.start}..{split.test.end}",
+                **(run_tags or {}),
             }, run_name=f"{cfg.experiment.name}-{cfg.model.kind}")
         logger = MLFlowLogger(experiment_name=tracking.experiment_name(cfg), tracking_uri=tracking.tracking_uri(cfg), run_id=run_id)
     _write_json(out / "train_state.json", {"config_hash": cfg.content_hash(), "spec_hash": spec.content_hash, "run_id": run_id})
