@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys_moe.modules.experts import BatchedExperts
-from recsys_moe.modules.gates import GateOutput
+from recsys_moe.modules.gates import GateOutput, router_z_loss, with_task_inputs
 
 
 class CGCLayer(nn.Module):
@@ -80,12 +80,8 @@ class CGCLayer(nn.Module):
             experts = self.experts.forward_buffers(stacked.index_select(0, self.expert_group))
             logits = torch.baddbmm(self.gate_bias.unsqueeze(1), stacked[:t_count], self.gate_weight)
             shared_in = inputs[-1]
-        if self.task_gate_weight is not None:
-            if task_x is None:
-                raise ValueError("these gates read each task's own input: pass task_x [T, B, task_in_dim]")
-            logits = logits + torch.bmm(task_x, self.task_gate_weight)
-        logits = logits / self.temperature
-        z_loss = torch.logsumexp(logits.float(), dim=-1).square().mean()
+        logits = with_task_inputs(logits, self.task_gate_weight, task_x) / self.temperature
+        z_loss = router_z_loss(logits)
         weights = torch.bmm(torch.softmax(logits, dim=-1), self.select)  # [T, B, E]
         mix = weights
         if self.shared_gate is not None:

@@ -41,6 +41,21 @@ def top_k(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return torch.cat(values, -1), torch.cat(indices, -1)
 
 
+def with_task_inputs(logits: Tensor, weight: Tensor | None, task_x: Tensor | None) -> Tensor:
+    """Gate logits ``[T, B, K]`` plus, when the gates read each task's own input (STEM),
+    ``task_x[t] @ weight[t]`` for every task ``t`` (``task_x [T, B, D]``, ``weight [T, D, K]``)."""
+    if weight is None:
+        return logits
+    if task_x is None:
+        raise ValueError("these gates read each task's own input: pass task_x [T, B, task_in_dim]")
+    return logits + torch.bmm(task_x, weight)
+
+
+def router_z_loss(logits: Tensor) -> Tensor:
+    """The router z-loss of ST-MoE (Zoph et al., 2022): mean squared log-sum-exp of the logits."""
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
 class TaskGates(nn.Module):
     """One gate per task, ``softmax(W_t x / temperature)`` over ``E`` experts (MMoE, Ma et al.,
     KDD 2018), computed for all tasks with one linear layer.
@@ -82,13 +97,8 @@ class TaskGates(nn.Module):
         return y.view(y.shape[0], self.num_tasks, self.num_experts).transpose(0, 1)  # [T, B, E]
 
     def forward(self, x: Tensor, task_x: Tensor | None = None) -> GateOutput:
-        logits = self._split(self.logits(x))
-        if self.task_weight is not None:
-            if task_x is None:
-                raise ValueError("these gates read each task's own input: pass task_x [T, B, task_in_dim]")
-            logits = logits + torch.bmm(task_x, self.task_weight)
-        clean = logits / self.temperature
-        z_loss = torch.logsumexp(clean.float(), dim=-1).square().mean()
+        clean = with_task_inputs(self._split(self.logits(x)), self.task_weight, task_x) / self.temperature
+        z_loss = router_z_loss(clean)
         if self.top_k is None:
             return GateOutput(torch.softmax(clean, dim=-1), clean.new_zeros(()), z_loss)
         noisy = clean
