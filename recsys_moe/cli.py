@@ -57,12 +57,16 @@ These exact loggers, because the libraries reset their top-level loggers' levels
 KNOWN_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",  # torch pytree deprecation, raised inside Lightning and torch.export
     r".*The axis name.*will not be used.*",  # torch.onnx: two inputs share the one dynamic batch axis, as meant
+    r".*is smaller than the logging interval.*",  # Lightning, on a split with fewer batches than log_every_n_steps
 )
+_verbose = False
 
 
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show third-party libraries' info logs and known warnings.")] = False) -> None:
     """Multi-task (CTR + watch time) MMoE ranking: data, features, training, evaluation, export, scoring."""
+    global _verbose
+    _verbose = verbose
     if verbose:
         return
     import os
@@ -357,9 +361,10 @@ def train_cmd(
 def tune_cmd(
     config: ConfigOpt = Path("configs/synthetic.yaml"),
     overrides: SetOpt = None,
-    trials: Annotated[int | None, typer.Option("--trials", "-n", min=1, help="Trials to run in this call (added to the study's earlier ones).")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", "-n", min=0, help="Trials to run in this call (added to the study's earlier ones; 0: none, only --confirm and write).")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Stop starting trials after this many seconds.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write the best config (default: <work_dir>/tune/<study>/best.yaml).")] = None,
+    confirm: Annotated[int, typer.Option("--confirm", min=0, help="Retrain the K best trials with tuning.confirm_seeds seeds in all and pick the best mean (validation only).")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the study and its trials and start over.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show Optuna's progress bar.")] = True,
 ) -> None:
@@ -378,6 +383,10 @@ def tune_cmd(
     from recsys_moe.tuning import TuneError, tune
 
     cfg = _load(config, overrides)
+    if not _verbose:  # one line per trial below; Optuna's own lines repeat every parameter
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def on_trial(t: dict) -> None:
         state = "pruned" if t["pruned"] else "done"
@@ -385,15 +394,19 @@ def tune_cmd(
                       f"{t['value']:.5f} ({state})", highlight=False)
 
     try:
-        result = tune(cfg, load_raw_config(config, overrides), trials, timeout, output, fresh=fresh, progress=progress, on_trial=on_trial)
+        result = tune(cfg, load_raw_config(config, overrides), trials, timeout, output, fresh=fresh, progress=progress,
+                      confirm=confirm, on_trial=on_trial,
+                      on_confirm=lambda c: console.print(f"confirm trial {c['number']}, seed {c['seed']}: {c['value']:.5f}", highlight=False))
     except (TuneError, SpecError, FeatureError, DataError, RawDataError, OSError) as exc:
         fail(str(exc))
         raise
     table = Table(title=f"study {result.study_name}: best trials by validation {result.metric}")
-    for col in ("trial", result.metric, "model", "epochs"):
+    for col in ("trial", result.metric, "mean over seeds", "model", "epochs"):
         table.add_column(col)
     for row in result.leaderboard:
-        table.add_row(str(row["number"]), f"{row['value']:.5f}", str(row["kind"]), str(row["epochs"]))
+        mean = f"{row['mean']:.5f} ({len(row['seeds'])})" if len(row["seeds"]) > 1 else ""
+        table.add_row(str(row["number"]) + (" *" if row["number"] == result.best_trial else ""), f"{row['value']:.5f}", mean,
+                      str(row["kind"]), str(row["epochs"]))
     Console().print(table)
     counts = ", ".join(f"{n} {k.lower()}" for k, n in result.counts.items())
     console.print(f"trials so far: {counts}\nbest config: {result.config_path} (trial {result.best_trial})\n"

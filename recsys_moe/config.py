@@ -516,6 +516,9 @@ class TuningConfig(_Section):
     """Random trials before TPE models the space, and trials before the pruner may stop one."""
     pruning_warmup_epochs: Annotated[int, Field(ge=0)] = 1
     """Epochs every trial runs before the median pruner may stop it."""
+    confirm_seeds: Annotated[int, Field(ge=2)] = 3
+    """With ``tune --confirm K``: seeds each of the K best trials is judged on (its own and
+    ``experiment.seed + 1, + 2, ...``); the best mean validation metric wins."""
     study_name: str | None = None
     """Default: the experiment name. The study lives in ``<work_dir>/tune/<study>/optuna.db``,
     so running ``tune`` again adds trials to it."""

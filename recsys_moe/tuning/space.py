@@ -50,7 +50,7 @@ def scaled_features(cfg: Config, scale: float) -> list[dict[str, Any]]:
     rounded to an even number; features sharing a table keep sharing one dim)."""
     out = []
     for f in cfg.features.features:
-        d = f.model_dump(mode="json")
+        d = f.model_dump(mode="json", exclude_defaults=True)
         if f.kind != "numeric":
             d["dim"] = max(2, 2 * round(f.dim * scale / 2))
         out.append(d)

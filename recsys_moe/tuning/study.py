@@ -12,6 +12,7 @@ Study folder ``<work_dir>/tune/<study>/``::
     optuna.db               the Optuna study (SQLite): run `tune` again to add trials
     features/<hash>/        FeatureSpec and model-ready data per distinct feature definition
     trials/<number>/        each trial's training folder (model/, metrics; checkpoints removed)
+    confirm/, confirm.json  the best trials retrained with more seeds (``--confirm K``)
     best.yaml               the base config with the best trial's settings (or ``--output``)
 
 MLflow: one parent run for the study and one nested run per trial (``mlflow.parentRunId``), so
@@ -20,8 +21,11 @@ the UI shows the trials under the study with their configs and curves.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +39,7 @@ from recsys_moe.atomic import replacing
 from recsys_moe.config import Config, apply_overrides, config_from_dict
 from recsys_moe.layout import MANIFEST, WorkDir
 from recsys_moe.metrics import names as metric_names
-from recsys_moe.training.train import TrainError, train
+from recsys_moe.training.train import TrainError, TrainResult, train
 from recsys_moe.tuning.space import overrides_to_strings, suggest
 
 log = logging.getLogger(__name__)
@@ -118,9 +122,18 @@ def write_config(raw_base: dict[str, Any], overrides: dict[str, Any], path: Path
     return path
 
 
-def _trial_summary(t: Any) -> dict[str, Any]:
+def study_identity(cfg: Config) -> str:
+    """Hash of what a trial's result depends on: the config less the tuning settings that only
+    steer the search (sampler and pruner start-up, confirmation seeds, the study's name)."""
+    data = cfg.to_dict()
+    for key in ("startup_trials", "pruning_warmup_epochs", "confirm_seeds", "study_name"):
+        data["tuning"].pop(key)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _trial_summary(t: Any, values: list[float]) -> dict[str, Any]:
     return {"number": t.number, "value": t.value, "kind": t.params.get("model.kind"), "epochs": t.user_attrs.get("epochs"),
-            "params": dict(t.params)}
+            "seeds": values, "mean": statistics.mean(values), "params": dict(t.params)}
 
 
 def tune(
@@ -131,15 +144,20 @@ def tune(
     output: Path | None = None,
     fresh: bool = False,
     progress: bool = True,
+    confirm: int = 0,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
+    on_confirm: Callable[[dict[str, Any]], None] | None = None,
 ) -> TuneResult:
     """Run (or continue) the study for ``cfg``; write the best settings over ``raw_base`` (the
     config file's mapping with any ``--set`` overrides) to ``output`` (default
-    ``<study>/best.yaml``). ``on_trial`` gets each finished trial's summary."""
+    ``<study>/best.yaml``). With ``confirm`` K > 0 the K best trials are trained again with
+    ``tuning.confirm_seeds - 1`` more seeds (validation only; kept in ``confirm.json``) and the
+    best mean wins: one seed's validation AUC moves by about as much as the top trials differ.
+    ``on_trial`` and ``on_confirm`` get each finished run's summary."""
     import optuna
 
     if trials is None and timeout is None:
-        raise TuneError("give --trials, --timeout or both: a study needs a limit")
+        raise TuneError("give --trials, --timeout or both: a study needs a limit (--trials 0 only confirms and writes)")
     tuning = cfg.tuning
     metric = tuning.metric or cfg.tasks.monitor
     direction = "maximize" if metric_names.higher_is_better(metric) else "minimize"
@@ -153,7 +171,7 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=cfg.experiment.seed, n_startup_trials=tuning.startup_trials),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=tuning.startup_trials, n_warmup_steps=tuning.pruning_warmup_epochs),
     )
-    base_hash = cfg.content_hash()
+    base_hash = study_identity(cfg)
     if study.user_attrs.get("base_config_hash", base_hash) != base_hash or study.direction.name.lower() != direction:
         raise TuneError(f"{root} holds a study of another base config or metric; pass --fresh to start it over, "
                         "or set tuning.study_name for a new one")
@@ -168,16 +186,23 @@ def tune(
     cache = FeatureCache(root / "features")
     base = cfg.to_dict()
 
+    def run(overrides: dict[str, Any], number: int, out: Path, callbacks: list[L.Callback], seed: int | None = None) -> TrainResult:
+        """Train one trial's settings (with another seed for a confirmation run) on validation only."""
+        settings = overrides_to_strings(overrides) + ([f"experiment.seed={seed}"] if seed is not None else [])
+        trial_cfg = config_from_dict(apply_overrides(base, settings), f"trial {number}")
+        spec_dir, data_dir = cache.paths(trial_cfg)
+        tags = {"mlflow.parentRunId": parent, "optuna_study": name, "optuna_trial": str(number)} if parent else None
+        if tags and seed is not None:
+            tags["confirm_seed"] = str(seed)
+        result = train(trial_cfg, spec_dir, data_dir, out, resume=False, progress=False, evaluate_test=False,
+                       callbacks=callbacks, run_tags=tags)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # model/ keeps the best weights
+        return result
+
     def objective(trial: optuna.Trial) -> float:
         overrides = suggest(trial, cfg)
-        trial_cfg = config_from_dict(apply_overrides(base, overrides_to_strings(overrides)), f"trial {trial.number}")
-        spec_dir, data_dir = cache.paths(trial_cfg)
         pruning = PruneOnValidation(trial, f"val/{metric}")
-        out = root / "trials" / f"{trial.number:04d}"
-        tags = {"mlflow.parentRunId": parent, "optuna_study": name, "optuna_trial": str(trial.number)} if parent else None
-        result = train(trial_cfg, spec_dir, data_dir, out, resume=False, progress=False, evaluate_test=False,
-                       callbacks=[pruning], run_tags=tags)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # model/ keeps the best weights
+        result = run(overrides, trial.number, root / "trials" / f"{trial.number:04d}", [pruning])
         value = result.validation[f"val/{metric}"]
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("epochs", result.epochs)
@@ -191,30 +216,57 @@ def tune(
             raise optuna.TrialPruned(f"stopped after epoch {pruning.pruned_after}: under the median of earlier trials")
         return value
 
-    study.optimize(objective, n_trials=trials, timeout=timeout, show_progress_bar=progress, catch=(TrainError,))
+    if trials != 0:
+        study.optimize(objective, n_trials=trials, timeout=timeout, show_progress_bar=progress, catch=(TrainError,))
 
     states = optuna.trial.TrialState
     done = study.get_trials(deepcopy=False, states=(states.COMPLETE,))
     counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in (states.COMPLETE, states.PRUNED, states.FAIL)}
     if not done:
         raise TuneError(f"no trial of study {name!r} completed ({counts}); see the log above, or allow more trials")
-    best = study.best_trial
+    maximize = direction == "maximize"
+    ranked = sorted(done, key=lambda t: t.value, reverse=maximize)
+
+    # Confirmation: the best trials again with more seeds, on validation; the best mean wins.
+    confirmed_path = root / "confirm.json"
+    confirmed: dict[str, dict[str, float]] = json.loads(confirmed_path.read_text()) if confirmed_path.is_file() else {}
+    extra_seeds = [cfg.experiment.seed + i for i in range(1, tuning.confirm_seeds)]
+    for t in ranked[:confirm]:
+        for seed in extra_seeds:
+            if str(seed) in confirmed.get(str(t.number), {}):
+                continue
+            r = run(t.user_attrs["overrides"], t.number, root / "confirm" / f"{t.number:04d}-seed{seed}", [], seed)
+            confirmed.setdefault(str(t.number), {})[str(seed)] = r.validation[f"val/{metric}"]
+            with replacing(confirmed_path) as tmp:
+                tmp.write_text(json.dumps(confirmed, indent=2))
+            if on_confirm:
+                on_confirm({"number": t.number, "seed": seed, "value": confirmed[str(t.number)][str(seed)]})
+
+    def seeds_of(t: Any) -> list[float]:
+        return [t.value, *confirmed.get(str(t.number), {}).values()]
+
+    pool = ranked[:confirm] if confirm else ranked[:1]
+    best = sorted(pool, key=lambda t: statistics.mean(seeds_of(t)), reverse=maximize)[0]
+    best_value = statistics.mean(seeds_of(best))
+    n_seeds = len(seeds_of(best))
     path = Path(output or root / "best.yaml")
+    chosen = (f"the best mean over {n_seeds} seeds among the top {len(pool)} trials" if n_seeds > 1 else
+              f"the best of {counts['COMPLETE']} completed trials")
     header = (f"Tuned by `recsys-moe tune` (Optuna TPE + median pruning), study {name!r} in {root}:\n"
-              f"best of {counts['COMPLETE']} completed trials ({counts['PRUNED']} pruned) is trial {best.number}, "
-              f"validation {metric} = {best.value:.5f}.\n"
+              f"{counts['COMPLETE']} completed trials ({counts['PRUNED']} pruned); trial {best.number} is {chosen}, "
+              f"validation {metric} = {best_value:.5f}" + (f" (seeds {cfg.experiment.seed}, {', '.join(map(str, extra_seeds))})" if n_seeds > 1 else "")
+              + ".\n"
               f"Split windows: train {cfg.split.train.start}..{cfg.split.train.end}, "
               f"validation {cfg.split.validation.start}..{cfg.split.validation.end} (the test days were not read).\n")
     write_config(raw_base, best.user_attrs["overrides"], path, header)
-    ranked = sorted(done, key=lambda t: t.value, reverse=direction == "maximize")
     if parent:
         c = tracking.client(cfg)
-        c.log_metric(parent, f"best/{metric}", best.value)
+        c.log_metric(parent, f"best/{metric}", best_value)
         c.set_tag(parent, "best_trial", str(best.number))
         c.log_artifact(parent, str(path), "best_config")
         c.set_terminated(parent, "FINISHED")
     return TuneResult(
-        study_name=name, study_dir=root, metric=metric, direction=direction, best_value=best.value, best_trial=best.number,
+        study_name=name, study_dir=root, metric=metric, direction=direction, best_value=best_value, best_trial=best.number,
         best_overrides=best.user_attrs["overrides"], config_path=path, counts=counts,
-        leaderboard=[_trial_summary(t) for t in ranked[:5]], mlflow_run_id=parent,
+        leaderboard=[_trial_summary(t, seeds_of(t)) for t in ranked[:max(5, confirm)]], mlflow_run_id=parent,
     )

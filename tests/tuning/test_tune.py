@@ -36,7 +36,7 @@ def test_the_space_samples_valid_configs_of_each_kind(small_features):
         assert trial_cfg.model.kind == overrides["model.kind"]
         study.tell(trial, 0.5)
     assert seen == {"mmoe", "ple"}
-    dims = {f["name"]: f["dim"] for f in scaled_features(cfg, 0.5)}
+    dims = {f["name"]: f["dim"] for f in scaled_features(cfg, 0.5) if f["kind"] != "numeric"}
     assert dims["user_id"] == 8 and dims["surface"] == 2 and dims["hist_click_items"] == dims["item_id"]
 
 
@@ -101,7 +101,19 @@ def test_tune_runs_a_study_writes_the_best_config_and_nests_trials_in_mlflow(sma
 
     again = _cli("tune", "-c", str(path), "--trials", "1", "-o", str(out), "--no-progress", env=env)
     assert again.returncode == 0, again.stderr
-    assert len(optuna.load_study(study_name="synthetic", storage=study._storage).trials) == 4
+    study = optuna.load_study(study_name="synthetic", storage=study._storage)
+    assert len(study.trials) == 4
+
+    # no new trial: the two best are retrained with seeds 43 and 44 and the best mean is written
+    confirmed = _cli("tune", "-c", str(path), "--trials", "0", "--confirm", "2", "-o", str(out), "--no-progress", env=env)
+    assert confirmed.returncode == 0, confirmed.stderr
+    runs = json.loads((tmp_path / "work/tune/synthetic/confirm.json").read_text())
+    top2 = sorted((t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"), key=lambda t: -t.value)[:2]
+    assert sorted(runs) == sorted(str(t.number) for t in top2) and all(sorted(v) == ["43", "44"] for v in runs.values())
+    means = {int(n): (t.value + sum(runs[n].values())) / 3 for n in runs for t in top2 if str(t.number) == n}
+    winner = max(means, key=means.get)
+    assert "mean over 3 seeds" in out.read_text().splitlines()[1] and f"trial {winner} is" in out.read_text()
+    assert load_config(out).training.learning_rate == pytest.approx(study.trials[winner].params["training.learning_rate"])
 
     base["model"] = {"num_experts": 3}  # another base config: the study refuses it
     path.write_text(yaml.safe_dump(base))
