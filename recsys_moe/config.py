@@ -54,6 +54,11 @@ class SyntheticConfig(_Section):
     """Weight of the user-item affinity in the click logit: higher means a more learnable task."""
     position_bias: Annotated[float, Field(ge=0.0)] = 0.6
     """Click logit penalty per log2(1 + slot)."""
+    position_from_relevance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """The logging ranker's say in the slot: 0 puts every impression in a random slot; above 0
+    the slot follows a score correlated this much with the impression's position-free click
+    logit (better items shown higher, as in a ranked feed's logs), so slot and relevance are
+    confounded. Each slot still holds the same share of impressions."""
     watch_sigma: Annotated[float, Field(gt=0.0)] = 0.8
     """Standard deviation of log watch time given a non-zero watch (heavy tail)."""
     chunk_rows: PositiveInt = 500_000

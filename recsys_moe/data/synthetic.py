@@ -5,7 +5,9 @@ attributes (age bucket, region) and part of each item's from its category, so fe
 signal, while the rest is individual and only learnable from ids and history. Per impression:
 
 - click: ``p = sigmoid(c0 + a * s_click + b_user + b_item - beta * log2(1 + slot) + surface + hour)``
-  where ``s_click = <u, v> / sqrt(d)`` is the click affinity (unit variance).
+  where ``s_click = <u, v> / sqrt(d)`` is the click affinity (unit variance). The slot is random,
+  or, with ``position_from_relevance`` r > 0, set by a logging ranker whose score has correlation
+  r with the position-free logit (higher score, earlier slot).
 - watch time: zero-inflated lognormal. ``P(watch > 0) = sigmoid(w0 + s_watch)`` and, when positive,
   ``log(watch) ~ N(log(duration) - 1 + 0.5 * s_watch, sigma^2)``. ``s_watch = <u, v_w> / sqrt(d)``
   with ``v_w = rho * v + sqrt(1 - rho^2) * v_perp``, so the two tasks' affinities have Pearson
@@ -14,7 +16,9 @@ signal, while the rest is individual and only learnable from ids and history. Pe
 
 ``c0`` and ``w0`` are calibrated on a pilot sample so the click rate and the share of zero watch
 time match the config. The oracle table holds the true click probability and expected watch
-time of every impression, so evaluation can report the best achievable AUC.
+time of every impression, so evaluation can report the best achievable AUC, and the click
+probability the impression would have had in the top slot (``true_ctr_no_position``), what a
+position-debiased model should rank by.
 
 Output layout (written into a temporary directory, then renamed into place)::
 
@@ -169,14 +173,20 @@ def _draw(world: World, cfg: SyntheticConfig, rng: np.random.Generator, n: int, 
     uv = world.user_vec[user]
     s_click = np.einsum("nd,nd->n", uv, world.item_vec[item]) * scale
     s_watch = np.einsum("nd,nd->n", uv, world.item_watch_vec[item]) * scale
-    rest = (
+    relevance = (
         cfg.affinity_scale * s_click
         + world.user_bias[user]
         + world.item_bias[item]
-        - cfg.position_bias * np.log2(1.0 + position)
         + SURFACE_EFFECT[surface]
         + 0.2 * np.sin(2 * np.pi * hour / 24.0)
-    ).astype(np.float32)
+    )
+    r = cfg.position_from_relevance
+    if r > 0:  # the logging ranker: a score correlated r with relevance; its quantile sets the slot
+        z = (relevance - relevance.mean()) / max(float(relevance.std()), 1e-9)
+        score = r * z + math.sqrt(1 - r * r) * rng.standard_normal(n)
+        rank = np.argsort(np.argsort(-score, kind="stable"), kind="stable")
+        position = (rank * cfg.slots_per_page // n).astype(np.int64)
+    rest = (relevance - cfg.position_bias * np.log2(1.0 + position)).astype(np.float32)
     return _Draw(user, item, position, surface, hour, rest, s_click, s_watch)
 
 
@@ -238,6 +248,8 @@ def impressions_chunk(
             "impression_id": ids,
             "true_ctr": p_click.astype(np.float32),
             "true_watch_time_s": expected_watch.astype(np.float32),
+            "true_ctr_no_position": _sigmoid(world.click_intercept + dr.click_rest
+                                             + cfg.position_bias * np.log2(1.0 + dr.position)).astype(np.float32),
             "click_affinity": dr.s_click.astype(np.float32),
             "watch_affinity": dr.s_watch.astype(np.float32),
         }

@@ -104,3 +104,22 @@ def test_items_have_tag_lists_and_positive_durations(tmp_path):
     assert raw.items["tags"].list.len().min() >= 1
     assert raw.items["duration_s"].min() > 0
     assert set(raw.impressions.collect()["surface"].unique()) == {"feed", "follow", "search"}
+
+
+@pytest.mark.parametrize("r", [0.0, 0.8])
+def test_a_ranked_logging_policy_confounds_slot_and_relevance(tmp_path, r):
+    raw = _gen(tmp_path, position_from_relevance=r, position_bias=0.8)
+    df = raw.impressions.join(raw.oracle, on="impression_id", maintain_order="left").collect()
+    pos = df["position"].to_numpy()
+    shares = np.bincount(pos, minlength=10) / len(pos)
+    assert np.allclose(shares, 0.1, atol=0.01)  # each slot holds the same share either way
+    free = df["true_ctr_no_position"].to_numpy()
+    true = df["true_ctr"].to_numpy()
+    np.testing.assert_allclose(free[pos == 0], true[pos == 0], rtol=1e-5)  # the top slot has no penalty
+    assert (free[pos > 0] > true[pos > 0]).all()
+    logit = np.log(free / (1 - free))
+    corr = np.corrcoef(logit, pos)[0, 1]
+    if r == 0:
+        assert abs(corr) < 0.02
+    else:
+        assert corr < -0.5, "better items should sit in earlier slots"
