@@ -159,7 +159,7 @@ def _prepare(dataset: str, work: Path, max_epochs: int):
     from recsys_moe.layout import WorkDir
 
     if dataset == "kuairand":
-        cfg = load_config(ROOT / "configs/kuairand.yaml", [f"data.kuairand.path={KUAIRAND}", f"experiment.work_dir={work}",
+        cfg = load_config(ROOT / "configs/kuairand_mmoe.yaml", [f"data.kuairand.path={KUAIRAND}", f"experiment.work_dir={work}",
                                                              f"training.max_epochs={max_epochs}"])
     else:
         from bench_synthetic_quality import WORLDS

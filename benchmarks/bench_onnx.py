@@ -1,6 +1,6 @@
 """Model-only scoring throughput: ONNX Runtime (CPU) vs torch eager, same model, same rows.
 
-The model is the default KuaiRand MMoE (configs/kuairand.yaml) built on a FeatureSpec fitted on
+The model is the KuaiRand MMoE of configs/kuairand_mmoe.yaml built on a FeatureSpec fitted on
 KuaiRand's train window; weights are random (throughput does not depend on them). Inputs are
 real KuaiRand test rows, repeated to fill the largest batch. Batch sizes 512, 4096 and 32768;
 five engines:
@@ -68,7 +68,7 @@ RUNS = {**{e: (e, None) for e in ENGINES[:4]}, "torch_torchrec_keep_heap": ("tor
 def _config(work: Path):
     from recsys_moe.config import load_config
 
-    return load_config(ROOT / "configs/kuairand.yaml", [f"data.kuairand.path={KUAIRAND}", f"experiment.work_dir={work}"])
+    return load_config(ROOT / "configs/kuairand_mmoe.yaml", [f"data.kuairand.path={KUAIRAND}", f"experiment.work_dir={work}"])
 
 
 def prepare(work: Path) -> str:

@@ -75,11 +75,13 @@ def main() -> None:
                 "model_auc_ctr": r.test["test/ctr/auc"], "oracle_auc_ctr": oracle_auc,
                 "auc_ratio": r.test["test/ctr/auc"] / oracle_auc,
                 "model_spearman_watch_time": r.test["test/watch_time/spearman"], "oracle_spearman_watch_time": oracle_spearman,
+                "ctr_ece": r.test["test/ctr/ece"], "watch_time_calibration": r.test["test/watch_time/calibration"],
                 "epochs": r.epochs, "best_checkpoint": Path(r.best_checkpoint).name,
             }
             results.append(row)
             print(f"{world:>10}: model AUC {row['model_auc_ctr']:.4f}, oracle AUC {oracle_auc:.4f}, ratio {row['auc_ratio']:.3f} "
-                  f"(target 0.97); watch Spearman {row['model_spearman_watch_time']:.4f} vs oracle {oracle_spearman:.4f}", flush=True)
+                  f"(target 0.97); watch Spearman {row['model_spearman_watch_time']:.4f} vs oracle {oracle_spearman:.4f}; CTR ECE "
+                  f"{row['ctr_ece']:.4f}; mean predicted / observed seconds {row['watch_time_calibration']:.3f}", flush=True)
     write_results(args.out, {"benchmark": "synthetic_quality", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
                              "target_auc_ratio": 0.97, "overrides": args.overrides, "results": results})
 

@@ -4,8 +4,11 @@ Every figure in the README's summary comes from a results file, through this scr
 cannot drift apart (a test runs ``--check``).
 
     python benchmarks/summary.py                 # print the Markdown block
-    python benchmarks/summary.py --write README.md
+    python benchmarks/summary.py --write README.md   # and the detail tables into docs/benchmarks.md
     python benchmarks/summary.py --check README.md   # exit 1 when the README's block is stale
+
+The README gets the headline tables; the per-configuration tables (every expert count and
+gate of ``bench_experts.py``) go to the generated block of ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- benchmark-summary:start -->", "<!-- benchmark-summary:end -->"
-MODELS = {"mmoe": "MMoE", "shared_bottom": "SharedBottom", "single_task": "SingleTask"}
+DETAILS = ROOT / "docs" / "benchmarks.md"
+DETAILS_START, DETAILS_END = "<!-- benchmark-details:start -->", "<!-- benchmark-details:end -->"
+MODELS = {"default": "default", "mmoe": "MMoE", "ple": "PLE", "shared_bottom": "SharedBottom", "single_task": "SingleTask"}
 
 
 def _load(name: str) -> dict:
@@ -31,34 +36,70 @@ def _metric(block: dict, new: str, old: str) -> float:
 
 
 def _quality_rows(train: dict, split: str) -> list[str]:
+    """One row per model: CTR AUC and ECE, watch-time Spearman, mean predicted over observed
+    seconds, collapsed experts (older result files lack the last three)."""
     rows = []
+    models = train["splits"][split]["models"]
     for kind, label in MODELS.items():
-        m = train["splits"][split]["models"].get(kind)
+        m = models.get(kind)
         if m is None:
             continue
         mean, std = m["mean"], m["std"]
-        cells = []
-        for new, old in (("ctr/auc", "auc_ctr"), ("watch_time/spearman", "spearman_watch_time")):
-            cells.append(f"{_metric(mean, new, old):.4f} ± {_metric(std, new, old):.4f}")
-        rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
+        if kind == "default":
+            label = f"**default** ({MODELS.get(m['runs'][0].get('kind'), '?')}, `configs/kuairand.yaml`)"
+
+        def cell(new: str, old: str | None = None, digits: int = 4, mean=mean, std=std) -> str:
+            if new not in mean and (old is None or old not in mean):
+                return "-"
+            v, e = _metric(mean, new, old or new), _metric(std, new, old or new)
+            return "-" if v != v else f"{v:.{digits}f} ± {e:.{digits}f}"
+        collapsed = mean.get("gate/collapsed_experts", float("nan"))
+        rows.append(f"| {label} | {cell('ctr/auc', 'auc_ctr')} | {cell('ctr/ece', digits=3)} | "
+                    f"{cell('watch_time/spearman', 'spearman_watch_time')} | {cell('watch_time/calibration', digits=3)} | "
+                    f"{'-' if collapsed != collapsed else f'{collapsed:.0f}'} |")
     return rows
+
+
+def _train_rate(split: dict) -> float:
+    return split["train_samples_per_s_median"] if "train_samples_per_s_median" in split else split["mmoe_train_samples_per_s_median"]
+
+
+def _gap_line(train: dict) -> str:
+    """The default config against SingleTask, per split (the issue's target: +0.002 CTR AUC)."""
+    parts = []
+    for split, block in train["splits"].items():
+        models = block["models"]
+        if "default" in models and "single_task" in models:
+            gap = models["default"]["mean"]["ctr/auc"] - models["single_task"]["mean"]["ctr/auc"]
+            parts.append(f"{split} split {gap:+.4f}")
+    return ("Default over SingleTask, mean CTR AUC: " + ", ".join(parts) + ".") if parts else ""
 
 
 def summary() -> str:
     train, train4k = _load("train_kuairand.json"), _load("train_kuairand_bs4096.json")
     features, score, onnx = _load("features.json"), _load("score.json"), _load("onnx.json")
     evaluate, synthetic = _load("evaluate.json"), _load("synthetic_quality.json")
+    header = ["| model | CTR AUC | CTR ECE | watch-time Spearman | predicted / observed seconds | collapsed experts |",
+              "|---|---|---|---|---|---|"]
     out = [START, "",
            f"Quality on KuaiRand-Pure, test days held out by time (`bench_train.py`, {train['date']}; mean ± std "
-           "over 3 seeds; issue split: train 04-25..05-01, validate 05-02, test 05-03..05-04):", "",
-           "| model | CTR AUC | watch-time Spearman |", "|---|---|---|", *_quality_rows(train, "issue"), "",
-           f"Speed on {train['machine']} (no GPU); each figure a median, from `benchmarks/results/`:", "",
-           "| what | figure | date | results file |", "|---|---|---|---|"]
+           "over 3 seeds). `default` is the tuned config; every other row is the same config with only `model.kind` "
+           "changed. Issue split: train 04-25..05-01, validate 05-02, test 05-03..05-04:", "",
+           *header, *_quality_rows(train, "issue")]
+    if "peers" in train["splits"]:
+        out += ["", "Peers' split (train 04-25..04-30, validate 05-01, test 05-02..05-04; the peers' figures are in "
+                "[`docs/benchmarks.md`](docs/benchmarks.md)):", "", *header, *_quality_rows(train, "peers")]
+    if _gap_line(train):
+        out += ["", _gap_line(train)]
+    out += _study_rows()
+    out += ["", f"Speed on {train['machine']} (no GPU); each figure a median, from `benchmarks/results/`:", "",
+            "| what | figure | date | results file |", "|---|---|---|---|"]
     issue = train["splits"]["issue"]
-    out.append(f"| MMoE training, KuaiRand, batch 2,048 (steady epochs) | {issue['mmoe_train_samples_per_s_median']:,.0f} samples/s "
+    which = issue.get("throughput_model", "mmoe (mmoe)").split(" ")[0]
+    out.append(f"| training, KuaiRand, {which} config, batch 2,048 (steady epochs) | {_train_rate(issue):,.0f} samples/s "
                f"| {train['date']} | `train_kuairand.json` |")
-    out.append(f"| MMoE training, KuaiRand, batch 4,096 | {train4k['splits']['issue']['mmoe_train_samples_per_s_median']:,.0f} samples/s "
-               f"| {train4k['date']} | `train_kuairand_bs4096.json` |")
+    out.append(f"| training, KuaiRand, MMoE 4 experts [64] (the former default), batch 4,096 | "
+               f"{_train_rate(train4k['splits']['issue']):,.0f} samples/s | {train4k['date']} | `train_kuairand_bs4096.json` |")
     for r in features["results"]:
         out.append(f"| `features transform`, {r['dataset']} | {r['rows_per_s_median']:,.0f} rows/s, "
                    f"peak RSS {r['peak_rss_mib_median']:,.0f} MiB | {features['date']} | `features.json` |")
@@ -75,9 +116,85 @@ def summary() -> str:
     out.append(f"| synthetic dense world: MMoE CTR AUC over the oracle's | {dense['auc_ratio']:.3f} "
                f"| {synthetic['date']} | `synthetic_quality.json` |")
     out += _experts_rows()
-    out += _compression_rows()
+    out += _compression_brief()
+    out += _sizing_rows()
     out += ["", END]
     return "\n".join(out)
+
+
+def details() -> str:
+    """The per-configuration tables for docs/benchmarks.md."""
+    rows = _whole_model_rows(_load("experts.json")) if (RESULTS / "experts.json").is_file() else []
+    return "\n".join([DETAILS_START, *rows, *_compression_rows(), "", DETAILS_END])
+
+
+def _compression_brief() -> list[str]:
+    """One line per model on the smaller copies; the full table is in docs/benchmarks.md."""
+    if not (RESULTS / "onnx_compression.json").is_file():
+        return []
+    comp = _load("onnx_compression.json")
+    parts = []
+    for name, m in comp["models"].items():
+        fp32, int8 = m["variants"]["fp32"], m["variants"]["int8"]
+        q = m["exports"]["plain"]["int8_quality"]["tasks"]["ctr"]["auc_drop"]
+        parts.append(f"{name}: INT8 (a scale per row) {int8['file_bytes'] / fp32['file_bytes']:.2f}x the float32 file, peak RSS "
+                     f"{int8['peak_rss_mib']:,.0f} against {fp32['peak_rss_mib']:,.0f} MiB, "
+                     f"{int8['rows_per_s']['4096'] / fp32['rows_per_s']['4096']:.2f}x its rows/s, CTR AUC drop {q:+.5f}")
+    return ["", f"Smaller serving copies (`bench_onnx.py --part compression`, {comp['date']}): " + "; ".join(parts)
+            + ". Every copy (fp16, per-table INT8, pruned) and its quality gate: "
+            "[`docs/benchmarks.md`](docs/benchmarks.md#latest-detail-tables)."]
+
+
+def _sweep_verdict(results: list[dict]) -> str:
+    """Whether the MoE models' lead over SharedBottom grows as the tasks correlate less (the
+    MMoE paper's finding), on both tasks, from the lowest to the highest correlation swept."""
+    ordered = sorted(results, key=lambda r: r["task_correlation"])
+    low, high = ordered[0], ordered[-1]
+    parts = []
+    for kind in ("mmoe", "ple"):
+        if kind not in low["models"]:
+            continue
+        for metric, name in (("ctr/auc", "CTR AUC"), ("watch_time/spearman", "watch Spearman")):
+            def lead(r: dict, kind=kind, metric=metric) -> float:
+                return r["models"][kind]["mean"][metric] - r["models"]["shared_bottom"]["mean"][metric]
+            grows = "grows" if lead(low) > lead(high) else "does not grow"
+            parts.append(f"{MODELS[kind]}'s {name} lead {grows} ({lead(high):+.4f} at {high['task_correlation']:+.1f}, "
+                         f"{lead(low):+.4f} at {low['task_correlation']:+.1f})")
+    return "As the tasks correlate less: " + "; ".join(parts) + "."
+
+
+def _study_rows() -> list[str]:
+    """The MMoE paper's correlation sweep and the position-bias study, when they have been run."""
+    out: list[str] = []
+    if (RESULTS / "task_correlation.json").is_file():
+        tc = _load("task_correlation.json")
+        kinds = [k for k in ("shared_bottom", "mmoe", "ple") if k in tc["results"][0]["models"]]
+        out += ["", f"The MMoE paper's synthetic study (`bench_task_correlation.py`, {tc['date']}; data-rich world of 2,000 users "
+                f"and items; mean of seeds {', '.join(map(str, tc['seeds']))}): test CTR AUC / watch-time Spearman as the two "
+                "tasks' correlation varies, beside the oracle:", "",
+                "| task correlation | oracle | " + " | ".join(MODELS[k] for k in kinds) + " | MMoE - SharedBottom (CTR AUC) |",
+                "|---|---|" + "---|" * len(kinds) + "---|"]
+        for row in tc["results"]:
+            m = row["models"]
+            cells = [f"{m[k]['mean']['ctr/auc']:.4f} / {m[k]['mean']['watch_time/spearman']:.4f}" for k in kinds]
+            lead = m["mmoe"]["mean"]["ctr/auc"] - m["shared_bottom"]["mean"]["ctr/auc"] if {"mmoe", "shared_bottom"} <= set(m) else float("nan")
+            out.append(f"| {row['task_correlation']:+.1f} | {row['oracle']['ctr/auc']:.4f} / {row['oracle']['watch_time/spearman']:.4f} | "
+                       + " | ".join(cells) + f" | {lead:+.4f} |")
+        out += ["", _sweep_verdict(tc["results"])]
+    if (RESULTS / "position.json").is_file():
+        pos = _load("position.json")
+        out += ["", f"Position bias (`bench_position.py`, {pos['date']}; synthetic feeds whose logging ranker chose the slots, "
+                "following relevance in part and its own taste for each item in the rest; mean ± std over seeds "
+                f"{', '.join(map(str, pos['seeds']))}): how well the click model ranks the generator's position-free click "
+                "probability on the test days. `logged slot` reads the slot the old ranker chose, which new candidates "
+                "do not have:", "",
+                "| ranker follows relevance | slot handling | Spearman with the position-free truth | AUC against position-free clicks | AUC on the logged clicks |",
+                "|---|---|---|---|---|"]
+        for w in pos["worlds"]:
+            for arm, m in w["summary"].items():
+                out.append(f"| {w['position_from_relevance']:g} | {arm} | " + " | ".join(
+                    f"{m[k]['mean']:.4f} ± {m[k]['std']:.4f}" for k in ("spearman_vs_position_free", "auc_vs_position_free", "auc_logged_clicks")) + " |")
+    return out
 
 
 COPY_LABELS = {"int8": "int8, a scale per row", "int8_table": "int8, a scale per table", "pruned_int8": "pruned + int8 (per row)"}
@@ -120,6 +237,11 @@ def _compression_rows() -> list[str]:
             out.append(f"{name}: in float32 the tables hold {sum(tables.values()) / 2**20:,.1f} MiB ({big.removeprefix('table/')} "
                        f"{tables[big] / 2**20:,.1f} MiB), the dense layers {cost['dense_params']['total'] * 4 / 2**20:,.2f} MiB; "
                        f"{cost['flops_per_row']['total']:,} FLOPs per row (its `cost.json`).")
+    return out
+
+
+def _sizing_rows() -> list[str]:
+    out: list[str] = []
     if (RESULTS / "sizing.json").is_file():
         sizing = _load("sizing.json")
         out += ["", "Embedding tables of a production catalogue, computed by the export's cost code (`bench_sizing.py`):", "",
@@ -130,7 +252,8 @@ def _compression_rows() -> list[str]:
 
 
 def _experts_rows() -> list[str]:
-    """Dense vs sparse dispatch from experts.json (when it has been run)."""
+    """Dense vs sparse dispatch from experts.json (when it has been run), with a pointer to the
+    per-configuration whole-model tables in docs/benchmarks.md."""
     if not (RESULTS / "experts.json").is_file():
         return []
     ex = _load("experts.json")
@@ -158,6 +281,14 @@ def _experts_rows() -> list[str]:
         parts = [f"{r['experts']} experts, router {r['router']} (busiest expert {r['busiest_over_even']:.1f}x an even share): "
                  f"{r['padded_rows_per_s']:,.0f} padded, {r['grouped_rows_per_s']:,.0f} grouped" for r in ex["kernel"]]
         out += ["", f"Eager torch outside training, top-2 sparse, rows/s ({ex['dates']['kernel']}): " + "; ".join(parts) + "."]
+    if ex.get("models"):
+        out += ["", "Whole models with every expert count and gate, on KuaiRand and the synthetic feed: "
+                "[`docs/benchmarks.md`](docs/benchmarks.md#latest-detail-tables)."]
+    return out
+
+
+def _whole_model_rows(ex: dict) -> list[str]:
+    out: list[str] = []
     for dataset, block in ex.get("models", {}).items():
         out += ["", f"Whole model on {dataset} ({block['train_rows']:,} train rows; test days held out by time; "
                 "mean ± std where 3 seeds ran, else one seed):", "",
@@ -174,11 +305,11 @@ def _experts_rows() -> list[str]:
     return out
 
 
-def replace_block(text: str, block: str) -> str:
-    if START not in text or END not in text:
-        raise SystemExit(f"the file has no {START} ... {END} block")
-    head, rest = text.split(START, 1)
-    return head + block + rest.split(END, 1)[1]
+def replace_block(text: str, block: str, start: str = START, end: str = END) -> str:
+    if start not in text or end not in text:
+        raise SystemExit(f"the file has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    return head + block + rest.split(end, 1)[1]
 
 
 def main() -> None:
@@ -191,6 +322,8 @@ def main() -> None:
     if args.write:
         args.write.write_text(replace_block(args.write.read_text(), block))
         print(f"wrote the summary into {args.write}")
+        DETAILS.write_text(replace_block(DETAILS.read_text(), details(), DETAILS_START, DETAILS_END))
+        print(f"wrote the detail tables into {DETAILS}")
     elif args.check:
         if replace_block(args.check.read_text(), block) != args.check.read_text():
             print(f"{args.check}: the benchmark summary is stale; run python benchmarks/summary.py --write {args.check}")

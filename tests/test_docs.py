@@ -32,3 +32,12 @@ def test_benchmark_summary_is_generated_from_the_results():
     spec.loader.exec_module(summary)
     text = (ROOT / "README.md").read_text()
     assert summary.replace_block(text, summary.summary()) == text, "run: python benchmarks/summary.py --write README.md"
+
+
+def test_detail_tables_in_the_docs_are_generated_from_the_results():
+    spec = importlib.util.spec_from_file_location("summary", ROOT / "benchmarks" / "summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    text = summary.DETAILS.read_text()
+    assert summary.replace_block(text, summary.details(), summary.DETAILS_START, summary.DETAILS_END) == text, \
+        "run: python benchmarks/summary.py --write README.md"

@@ -1,4 +1,4 @@
-"""Config-bound model assemblies behind one interface: MMoE, SharedBottom, SingleTask."""
+"""Config-bound model assemblies behind one interface: MMoE, PLE, SharedBottom, SingleTask."""
 
 from recsys_moe.models.factory import build_model, table_defs
 from recsys_moe.models.multitask import MultiTaskModel

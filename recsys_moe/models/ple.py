@@ -19,9 +19,8 @@ class PLEBody(nn.Module):
     collapse) are the last level's task gates, ``[T, B, E]`` over that level's experts.
 
     ``task_in_dim`` > 0 (STEM, Su et al., AAAI 2024): the first level's task gates also read each
-    task's own embeddings (the towers read them too, :class:`~recsys_moe.models.MultiTaskModel`).
-    Feeding them to the task's experts instead was measured worse on KuaiRand (CTR AUC 0.7408
-    against 0.7424, 2 seeds; docs/design.md).
+    task's own embeddings (the towers read them too, :class:`~recsys_moe.models.MultiTaskModel`);
+    the experts read the shared input only, so every expert of a level runs in one batched call.
     """
 
     def __init__(
