@@ -1,13 +1,15 @@
 """Position bias: does the shallow position tower make the main model rank by position-free relevance?
 
-A synthetic feed whose logging ranker put better items in earlier slots
-(``data.synthetic.position_from_relevance``), so the slot a click came from is confounded with
-the item's relevance. The generator knows each test impression's click probability in the top
+Synthetic feeds whose logging ranker chose the slots: its score follows relevance in part
+(``data.synthetic.position_from_relevance``, one feed per value of ``--relevance``) and its own
+taste for each item and noise in the rest, so the items it favoured collected clicks from their
+slots, and the slot a click came from is confounded with the item. The generator knows each test impression's click probability in the top
 slot (``true_ctr_no_position``); a ranking model should order candidates by it. Four ways of
 treating the slot, each trained with the same seeds on the same rows:
 
 - ``feature, logged slot``: ``position`` is a main-model feature; scored with the slot it was
-  logged in (what a naive offline evaluation does; it rewards the model for reading the slot);
+  logged in. This reads the old ranker's decision, which new candidates do not have: what a naive
+  offline evaluation does, not a way to serve;
 - ``feature, slot 0``: the same model scored as if every candidate sat in slot 0;
 - ``no position``: the feature left out;
 - ``shallow tower``: ``model.position_tower`` (Zhao et al., RecSys 2019) reads the slot in
@@ -17,7 +19,7 @@ Reported per arm on the test days: Spearman of predicted p_ctr with the position
 AUC against clicks drawn from it (expected over the draw, so no sampling noise), and the AUC on
 the logged clicks. Writes benchmarks/results/position.json.
 
-    python benchmarks/bench_position.py [--seeds 1 2 3] [--impressions 1000000] [--relevance 0.8]
+    python benchmarks/bench_position.py [--seeds 1 2 3] [--impressions 600000] [--relevance 0.3 0.8]
 """
 
 from __future__ import annotations
@@ -72,15 +74,11 @@ def predict(model_dir: Path, test_dir: Path, slot: str | None = None) -> np.ndar
     return np.concatenate(out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--impressions", type=int, default=1_000_000)
-    ap.add_argument("--relevance", type=float, default=0.8, help="data.synthetic.position_from_relevance")
-    ap.add_argument("--position-bias", type=float, default=0.8)
-    ap.add_argument("--max-epochs", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/position.json")
-    args = ap.parse_args()
+METRICS = ("spearman_vs_position_free", "auc_vs_position_free", "auc_logged_clicks")
+
+
+def one_world(relevance: float, args: argparse.Namespace, tmp: Path) -> dict:
+    """Every arm with every seed on one feed whose logging ranker follows relevance this much."""
     import polars as pl
 
     from recsys_moe.config import apply_overrides, config_from_dict, load_raw_config
@@ -91,65 +89,79 @@ def main() -> None:
     from recsys_moe.training.train import train
 
     world = [f"data.synthetic.num_impressions={args.impressions}", "data.synthetic.num_users=2000",
-             "data.synthetic.num_items=2000", f"data.synthetic.position_from_relevance={args.relevance}",
+             "data.synthetic.num_items=2000", f"data.synthetic.position_from_relevance={relevance}",
              f"data.synthetic.position_bias={args.position_bias}", f"training.max_epochs={args.max_epochs}",
              "tracking.enabled=false"]
+    base = load_raw_config(ROOT / "configs/synthetic.yaml", [*world, f"data.raw_dir={tmp / 'raw'}", f"experiment.work_dir={tmp}"])
+    no_position = apply_overrides(base, [])
+    no_position["features"]["features"] = [f for f in base["features"]["features"] if f["name"] != "position"]
+    variants = {
+        "feature": config_from_dict(base),
+        "no position": config_from_dict(no_position),
+        "shallow tower": config_from_dict(apply_overrides(base, ["model.position_tower={features: [position]}"])),
+    }
+    cfg0 = variants["feature"]
+    generate(cfg0.data.synthetic, cfg0.experiment.seed, cfg0.data.raw_dir)
+    raw = read_synthetic(cfg0.data.raw_dir)
+    prepared: dict[str, Path] = {}
+    for cfg in variants.values():
+        key = cfg.features.content_hash()
+        if key not in prepared:
+            work = tmp / f"features-{key}"
+            spec = fit(raw, cfg)
+            spec.save(work / "spec")
+            transform(raw, spec, cfg.split, work / "data")
+            prepared[key] = work
+    test_dir = next(iter(prepared.values())) / "data" / "test"
+    test = pl.read_parquet(test_dir / "*.parquet", columns=["impression_id", "click"])
+    truth = test.join(raw.oracle.collect(), on="impression_id", how="left", maintain_order="left")
+    free, click = truth["true_ctr_no_position"].to_numpy(), truth["click"].to_numpy()
+    oracle = {"auc_vs_position_free": expected_auc(free, free), "auc_logged_clicks": auc(truth["true_ctr"].to_numpy(), click)}
+    print(f"logging ranker correlation {relevance}: oracle position-free AUC {oracle['auc_vs_position_free']:.4f}, "
+          f"logged-click AUC {oracle['auc_logged_clicks']:.4f}", flush=True)
     runs: dict[str, list[dict[str, float]]] = {a: [] for a in ARMS}
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-        base = load_raw_config(ROOT / "configs/synthetic.yaml", [*world, f"data.raw_dir={tmp / 'raw'}", f"experiment.work_dir={tmp}"])
-        no_position = apply_overrides(base, [])
-        no_position["features"]["features"] = [f for f in base["features"]["features"] if f["name"] != "position"]
-        variants = {
-            "feature": config_from_dict(base),
-            "no position": config_from_dict(no_position),
-            "shallow tower": config_from_dict(apply_overrides(base, ["model.position_tower={features: [position]}"])),
-        }
-        cfg0 = variants["feature"]
-        generate(cfg0.data.synthetic, cfg0.experiment.seed, cfg0.data.raw_dir)
-        raw = read_synthetic(cfg0.data.raw_dir)
-        prepared = {}
+    for seed in args.seeds:
         for name, cfg in variants.items():
-            key = cfg.features.content_hash()
-            if key not in prepared:
-                work = tmp / f"features-{key}"
-                spec = fit(raw, cfg)
-                spec.save(work / "spec")
-                transform(raw, spec, cfg.split, work / "data")
-                prepared[key] = work
-            variants[name] = (cfg, prepared[key])
-        test_dir = next(iter(prepared.values())) / "data" / "test"
-        test = pl.read_parquet(test_dir / "*.parquet", columns=["impression_id", "click"])
-        truth = test.join(raw.oracle.collect(), on="impression_id", how="left", maintain_order="left")
-        free, click = truth["true_ctr_no_position"].to_numpy(), truth["click"].to_numpy()
-        oracle = {"spearman_vs_position_free": 1.0, "auc_vs_position_free": expected_auc(free, free),
-                  "auc_logged_clicks": auc(truth["true_ctr"].to_numpy(), click)}
-        print(f"oracle: position-free AUC {oracle['auc_vs_position_free']:.4f}, logged-click AUC {oracle['auc_logged_clicks']:.4f}",
-              flush=True)
-        for seed in args.seeds:
-            for name, (cfg, work) in variants.items():
-                cfg = cfg.model_copy(update={"experiment": cfg.experiment.model_copy(update={"seed": seed})})
-                r = train(cfg, spec_dir=work / "spec", data_dir=work / "data", output_dir=tmp / f"{name}-{seed}",
-                          resume=False, progress=False, evaluate_test=False)
-                scored = {"feature": [("feature, logged slot", None), ("feature, slot 0", "0")]}.get(name, [(name, None)])
-                for arm, slot in scored:
-                    p = predict(r.model_dir, work / "data" / "test", slot)
-                    row = {"spearman_vs_position_free": spearman(p, free), "auc_vs_position_free": expected_auc(p, free),
-                           "auc_logged_clicks": auc(p, click), "epochs": r.epochs}
-                    runs[arm].append(row)
-                    print(f"seed {seed} {arm:<22} Spearman vs position-free {row['spearman_vs_position_free']:.4f}  "
-                          f"position-free AUC {row['auc_vs_position_free']:.4f}  logged-click AUC {row['auc_logged_clicks']:.4f}",
-                          flush=True)
-    metrics = ("spearman_vs_position_free", "auc_vs_position_free", "auc_logged_clicks")
-    summary = {arm: {m: {"mean": statistics.mean(x[m] for x in rows), "std": statistics.pstdev(x[m] for x in rows)} for m in metrics}
+            work = prepared[cfg.features.content_hash()]
+            cfg = cfg.model_copy(update={"experiment": cfg.experiment.model_copy(update={"seed": seed})})
+            r = train(cfg, spec_dir=work / "spec", data_dir=work / "data", output_dir=tmp / f"{name}-{seed}",
+                      resume=False, progress=False, evaluate_test=False)
+            scored = {"feature": [("feature, logged slot", None), ("feature, slot 0", "0")]}.get(name, [(name, None)])
+            for arm, slot in scored:
+                p = predict(r.model_dir, work / "data" / "test", slot)
+                row = {"spearman_vs_position_free": spearman(p, free), "auc_vs_position_free": expected_auc(p, free),
+                       "auc_logged_clicks": auc(p, click), "epochs": r.epochs}
+                runs[arm].append(row)
+                print(f"  seed {seed} {arm:<22} Spearman vs position-free {row['spearman_vs_position_free']:.4f}  "
+                      f"position-free AUC {row['auc_vs_position_free']:.4f}  logged-click AUC {row['auc_logged_clicks']:.4f}",
+                      flush=True)
+    summary = {arm: {m: {"mean": statistics.mean(x[m] for x in rows), "std": statistics.pstdev(x[m] for x in rows)} for m in METRICS}
                for arm, rows in runs.items()}
-    print(f"\nmean of seeds {args.seeds} ({args.impressions:,} impressions, logging ranker correlation {args.relevance})")
-    print("| slot handling | Spearman vs position-free | AUC vs position-free | AUC on logged clicks |")
-    for arm, s in summary.items():
-        print(f"| {arm} | " + " | ".join(f"{s[m]['mean']:.4f} ± {s[m]['std']:.4f}" for m in metrics) + " |")
+    return {"position_from_relevance": relevance, "world": world, "oracle": oracle, "summary": summary, "runs": runs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--impressions", type=int, default=600_000)
+    ap.add_argument("--relevance", type=float, nargs="+", default=[0.3, 0.8],
+                    help="data.synthetic.position_from_relevance, one feed per value")
+    ap.add_argument("--position-bias", type=float, default=0.8)
+    ap.add_argument("--max-epochs", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/position.json")
+    args = ap.parse_args()
+    worlds = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp_name) / 'mlflow.db'}"
+        for relevance in args.relevance:
+            worlds.append(one_world(relevance, args, Path(tmp_name) / f"r{relevance}"))
+    print(f"\nmean of seeds {args.seeds} ({args.impressions:,} impressions)")
+    print("| logging ranker follows relevance | slot handling | Spearman vs position-free | AUC vs position-free | AUC on logged clicks |")
+    for w in worlds:
+        for arm, m in w["summary"].items():
+            print(f"| {w['position_from_relevance']} | {arm} | " + " | ".join(f"{m[k]['mean']:.4f} ± {m[k]['std']:.4f}" for k in METRICS) + " |")
     write_results(args.out, {"benchmark": "position", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-                             "world": world, "seeds": args.seeds, "oracle": oracle, "summary": summary, "runs": runs})
+                             "seeds": args.seeds, "impressions": args.impressions, "worlds": worlds})
 
 
 if __name__ == "__main__":

@@ -57,8 +57,9 @@ class SyntheticConfig(_Section):
     position_from_relevance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     """The logging ranker's say in the slot: 0 puts every impression in a random slot; above 0
     the slot follows a score correlated this much with the impression's position-free click
-    logit (better items shown higher, as in a ranked feed's logs), so slot and relevance are
-    confounded. Each slot still holds the same share of impressions."""
+    logit, the rest of it the ranker's own taste for each item (unrelated to relevance) and
+    noise, as in a ranked feed's logs: items the old ranker favoured sit higher and collect
+    clicks for it. Each slot still holds the same share of impressions."""
     watch_sigma: Annotated[float, Field(gt=0.0)] = 0.8
     """Standard deviation of log watch time given a non-zero watch (heavy tail)."""
     chunk_rows: PositiveInt = 500_000

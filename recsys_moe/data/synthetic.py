@@ -7,7 +7,9 @@ signal, while the rest is individual and only learnable from ids and history. Pe
 - click: ``p = sigmoid(c0 + a * s_click + b_user + b_item - beta * log2(1 + slot) + surface + hour)``
   where ``s_click = <u, v> / sqrt(d)`` is the click affinity (unit variance). The slot is random,
   or, with ``position_from_relevance`` r > 0, set by a logging ranker whose score has correlation
-  r with the position-free logit (higher score, earlier slot).
+  r with the position-free logit, the rest its own taste for each item (unrelated to relevance)
+  and noise (higher score, earlier slot): items the old ranker favoured collect clicks from their
+  slots, and an item is seen in several slots.
 - watch time: zero-inflated lognormal. ``P(watch > 0) = sigmoid(w0 + s_watch)`` and, when positive,
   ``log(watch) ~ N(log(duration) - 1 + 0.5 * s_watch, sigma^2)``. ``s_watch = <u, v_w> / sqrt(d)``
   with ``v_w = rho * v + sqrt(1 - rho^2) * v_perp``, so the two tasks' affinities have Pearson
@@ -66,6 +68,8 @@ class World:
     item_bias: np.ndarray
     item_weight: np.ndarray
     item_log_duration: np.ndarray
+    item_logging_pref: np.ndarray
+    """The logging ranker's own taste for each item, unrelated to relevance (ranked slots only)."""
     click_intercept: float = 0.0
     watch_intercept: float = 0.0
 
@@ -138,6 +142,7 @@ def build_world(cfg: SyntheticConfig, seed: int) -> World:
             "duration_s": duration,
         }
     ).with_columns(tags)
+    item_logging_pref = rng.standard_normal(n_i).astype(np.float32)  # drawn last: earlier draws stay as they were
     return World(
         users=users,
         items=items,
@@ -149,6 +154,7 @@ def build_world(cfg: SyntheticConfig, seed: int) -> World:
         item_bias=item_bias,
         item_weight=item_weight / item_weight.sum(),
         item_log_duration=np.log(duration).astype(np.float32),
+        item_logging_pref=item_logging_pref,
     )
 
 
@@ -181,9 +187,10 @@ def _draw(world: World, cfg: SyntheticConfig, rng: np.random.Generator, n: int, 
         + 0.2 * np.sin(2 * np.pi * hour / 24.0)
     )
     r = cfg.position_from_relevance
-    if r > 0:  # the logging ranker: a score correlated r with relevance; its quantile sets the slot
+    if r > 0:  # the logging ranker: relevance, its own per-item taste and noise; the score's quantile sets the slot
         z = (relevance - relevance.mean()) / max(float(relevance.std()), 1e-9)
-        score = r * z + math.sqrt(1 - r * r) * rng.standard_normal(n)
+        rest = (world.item_logging_pref[item] + rng.standard_normal(n)) / math.sqrt(2.0)
+        score = r * z + math.sqrt(1 - r * r) * rest
         rank = np.argsort(np.argsort(-score, kind="stable"), kind="stable")
         position = (rank * cfg.slots_per_page // n).astype(np.int64)
     rest = (relevance - cfg.position_bias * np.log2(1.0 + position)).astype(np.float32)
