@@ -3,14 +3,15 @@ correlation between the click and watch-time tasks varies.
 
 Ma et al. (KDD 2018, sec. 3-4) generate two regression tasks whose correlation they control and
 find that a shared-bottom model degrades as the tasks correlate less while MMoE holds up, so
-the MoE's lead grows as correlation falls. Here the generator's ``data.synthetic.task_correlation``
-sets the Pearson correlation of the two tasks' user-item affinities (click and watch time) in a
-data-rich world (2,000 users and items), for each value in ``--correlations``; every model
-trains with each seed on the same rows and is scored on the held-out test days, beside the
-oracle (the generator's true probabilities and expected seconds). Writes
+the MoE's lead grows as correlation falls. Here the generator's
+``data.synthetic.task_correlation`` sets the Pearson correlation of the two tasks' user-item
+affinities (click and watch time) in a data-rich world (2,000 users and items, 600,000
+impressions: about 200 train impressions per user), for each value in ``--correlations``;
+every model trains with each seed on the same rows and is scored on the held-out test days,
+beside the oracle (the generator's true probabilities and expected seconds). Writes
 benchmarks/results/task_correlation.json.
 
-    python benchmarks/bench_task_correlation.py [--correlations -0.5 0 0.5 0.9] [--seeds 1 2] [--impressions 1000000]
+    python benchmarks/bench_task_correlation.py [--correlations -0.5 0 0.5 0.9] [--seeds 1 2] [--impressions 600000]
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def main() -> None:
     ap.add_argument("--correlations", type=float, nargs="+", default=[-0.5, 0.0, 0.5, 0.9])
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--impressions", type=int, default=1_000_000)
-    ap.add_argument("--max-epochs", type=int, default=5)
+    ap.add_argument("--impressions", type=int, default=600_000)
+    ap.add_argument("--max-epochs", type=int, default=4)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="Extra config override, repeatable.")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/task_correlation.json")
     args = ap.parse_args()

@@ -281,9 +281,9 @@ def _experts_rows() -> list[str]:
         parts = [f"{r['experts']} experts, router {r['router']} (busiest expert {r['busiest_over_even']:.1f}x an even share): "
                  f"{r['padded_rows_per_s']:,.0f} padded, {r['grouped_rows_per_s']:,.0f} grouped" for r in ex["kernel"]]
         out += ["", f"Eager torch outside training, top-2 sparse, rows/s ({ex['dates']['kernel']}): " + "; ".join(parts) + "."]
-    if ex.get("models"):
-        out += ["", "Whole models with every expert count and gate, on KuaiRand and the synthetic feed: "
-                "[`docs/benchmarks.md`](docs/benchmarks.md#latest-detail-tables)."]
+    if ex.get("models"):  # one sentence more on the last paragraph: the README stays short
+        out[-1] += (" Whole models with every expert count and gate, on KuaiRand and the synthetic feed: "
+                    "[`docs/benchmarks.md`](docs/benchmarks.md#latest-detail-tables).")
     return out
 
 
