@@ -121,9 +121,7 @@ class MultiTaskModel(nn.Module):
             cols.append(self.task_interaction.forward_parts(parts))
         return torch.cat(cols, dim=1)
 
-    def head(self, inputs: ModelInputs | list[Tensor]) -> dict[str, Tensor]:
-        if not isinstance(inputs, ModelInputs):
-            inputs = ModelInputs(list(inputs))
+    def head(self, inputs: ModelInputs) -> dict[str, Tensor]:
         task_views = inputs.task
         if task_views is not None and self.task_tables_cross:
             # STEM's all-forward, task-specific-backward: task t also reads the other tasks' own
