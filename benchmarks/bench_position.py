@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -53,25 +55,16 @@ def expected_auc(score: np.ndarray, p: np.ndarray) -> float:
     return float((pos_g * (below + 0.5 * neg_g)).sum() / (w_pos.sum() * w_neg.sum()))
 
 
-def predict(model_dir: Path, test_dir: Path, slot: str | None = None) -> np.ndarray:
-    """p_ctr of the saved model on the test rows; ``slot``: every row's position set to it."""
-    import torch
+def predict(model_dir: Path, rows: pa.Table, slot: int | None = None) -> np.ndarray:
+    """p_ctr of the saved model on model-ready ``rows``; ``slot``: every row's position set to it."""
+    from recsys_moe.evaluation.predict import TorchPredictor
+    from recsys_moe.features.lookup import IdLookup
 
-    from recsys_moe.training.artifacts import load_model
-    from recsys_moe.training.batches import ColumnarSplit
-
-    model, spec, _ = load_model(model_dir)
-    model.eval()
-    split = ColumnarSplit.read(test_dir, spec)
+    predictor = TorchPredictor.load(model_dir)
     if slot is not None:
-        vocab = [str(v) for v in spec.tables["position"].vocab.to_list()]
-        split.ids[split.id_names.index("position")] = 1 + vocab.index(slot)  # index 0 is out-of-vocabulary
-    out = []
-    with torch.inference_mode():
-        for start in range(0, split.num_rows, 16384):
-            b = split.batch(torch.arange(start, min(start + 16384, split.num_rows)))
-            out.append(model(b.sparse, b.dense)["probs_ctr"].numpy())
-    return np.concatenate(out)
+        index = IdLookup(predictor.spec.tables["position"]).indices(np.array([slot]), None)[0]
+        rows = rows.set_column(rows.schema.get_field_index("position"), "position", pa.array(np.full(rows.num_rows, index)))
+    return predictor.predict(rows).tasks["ctr"]
 
 
 METRICS = ("spearman_vs_position_free", "auc_vs_position_free", "auc_logged_clicks")
@@ -112,8 +105,10 @@ def one_world(relevance: float, args: argparse.Namespace, tmp: Path) -> dict:
             spec.save(work / "spec")
             transform(raw, spec, cfg.split, work / "data")
             prepared[key] = work
-    test_dir = next(iter(prepared.values())) / "data" / "test"
-    test = pl.read_parquet(test_dir / "*.parquet", columns=["impression_id", "click"])
+    tests = {key: pq.read_table(work / "data" / "test") for key, work in prepared.items()}
+    first = next(iter(tests.values()))
+    assert all(t.column("impression_id").equals(first.column("impression_id")) for t in tests.values()), "test rows differ in order"
+    test = pl.from_arrow(first.select(["impression_id", "click"]))
     truth = test.join(raw.oracle.collect(), on="impression_id", how="left", maintain_order="left")
     free, click = truth["true_ctr_no_position"].to_numpy(), truth["click"].to_numpy()
     oracle = {"auc_vs_position_free": expected_auc(free, free), "auc_logged_clicks": auc(truth["true_ctr"].to_numpy(), click)}
@@ -126,9 +121,9 @@ def one_world(relevance: float, args: argparse.Namespace, tmp: Path) -> dict:
             cfg = cfg.model_copy(update={"experiment": cfg.experiment.model_copy(update={"seed": seed})})
             r = train(cfg, spec_dir=work / "spec", data_dir=work / "data", output_dir=tmp / f"{name}-{seed}",
                       resume=False, progress=False, evaluate_test=False)
-            scored = {"feature": [("feature, logged slot", None), ("feature, slot 0", "0")]}.get(name, [(name, None)])
+            scored = {"feature": [("feature, logged slot", None), ("feature, slot 0", 0)]}.get(name, [(name, None)])
             for arm, slot in scored:
-                p = predict(r.model_dir, work / "data" / "test", slot)
+                p = predict(r.model_dir, tests[cfg.features.content_hash()], slot)
                 row = {"spearman_vs_position_free": spearman(p, free), "auc_vs_position_free": expected_auc(p, free),
                        "auc_logged_clicks": auc(p, click), "epochs": r.epochs}
                 runs[arm].append(row)
