@@ -390,8 +390,8 @@ def tune_cmd(
 
     def on_trial(t: dict) -> None:
         state = "pruned" if t["pruned"] else "done"
-        console.print(f"trial {t['number']}: {t['kind']}, {t['epochs']} epochs, val {cfg.tuning.metric or cfg.tasks.monitor} "
-                      f"{t['value']:.5f} ({state})", highlight=False)
+        console.print(f"trial {t['number']}: {t['kind']}, {t['epochs']} epochs, val {t['metric']} {t['value']:.5f} ({state})",
+                      highlight=False)
 
     try:
         result = tune(cfg, load_raw_config(config, overrides), trials, timeout, output, fresh=fresh, progress=progress,

@@ -210,8 +210,8 @@ def tune(
         if parent:
             tracking.client(cfg).log_metric(parent, f"trial/{metric}", value, step=trial.number)
         if on_trial:
-            on_trial({"number": trial.number, "value": value, "kind": overrides["model.kind"], "epochs": result.epochs,
-                      "pruned": pruning.pruned_after is not None})
+            on_trial({"number": trial.number, "metric": metric, "value": value, "kind": overrides["model.kind"],
+                      "epochs": result.epochs, "pruned": pruning.pruned_after is not None})
         if pruning.pruned_after is not None:
             raise optuna.TrialPruned(f"stopped after epoch {pruning.pruned_after}: under the median of earlier trials")
         return value
