@@ -325,7 +325,7 @@ class TaskConfig(_Section):
     """After training, fit a monotone map of the prediction on the validation split
     (:mod:`recsys_moe.training.calibration`): Platt scaling of a click logit; for watch time a
     scale of the seconds, so that ``pred_<task>`` estimates expected seconds (with ``log1p_mse``,
-    ``expm1(output)`` alone is a geometric mean, about 3x under the mean on KuaiRand)."""
+    ``expm1(output)`` alone is a geometric mean, far under the mean of heavy-tailed seconds)."""
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:

@@ -2,7 +2,7 @@
 
 The losses train rankings well but not always the right quantity: ``log1p_mse`` regresses
 ``log1p(seconds)``, so ``expm1(output)`` estimates a geometric mean, far under the expected
-seconds a ranking score ``p_ctr x E[seconds]`` needs (3x under on KuaiRand); and a click model
+seconds a ranking score ``p_ctr x E[seconds]`` needs (docs/benchmarks.md); and a click model
 picked at its best validation AUC after one epoch need not be calibrated. Every map here is
 monotone, so AUC, Spearman and every ranking stay as they were. They are fitted on the
 validation split only (the test days are never seen) and stored in the model's
@@ -16,9 +16,7 @@ every job carry them.
   of Duan's smearing estimate (Duan, JASA 1983): if ``log1p(y) = mu + e`` with the residual
   independent of ``mu``, ``E[y] = exp(mu) * E[exp(e)] - 1 = expm1(mu + s)``; solving for the mean
   directly, rather than averaging ``exp(e)``, stays exact when the residual's spread varies with
-  ``mu`` (measured on KuaiRand: 0.97 of the observed mean with the smearing factor, 1.0 with the
-  solved shift, on validation). For ``ziln`` and ``weighted_logistic`` the shift scales the
-  seconds.
+  ``mu``. For ``ziln`` and ``weighted_logistic`` the shift scales the seconds.
 """
 
 from __future__ import annotations
