@@ -43,7 +43,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
         _remove(tmp)  # nothing left to remove after a successful replace
 
 
-def write_parquet(frame: pl.DataFrame, path: Path, **options: Any) -> None:
+def write_parquet(frame: pl.DataFrame, path: str | Path, **options: Any) -> None:
     """``frame.write_parquet(path, **options)``, with a failed write (a full disk, a file-size
     limit) raised as an OSError that names the path: Polars reports such failures as a
     ComputeError, which the commands would show as a traceback."""

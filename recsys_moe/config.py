@@ -66,18 +66,106 @@ class SyntheticConfig(_Section):
     """Impressions generated and written per part file; bounds memory."""
 
 
-class KuaiRandConfig(_Section):
-    """Where the KuaiRand-Pure files are; see ``../shared/data/kuairand/README.md``."""
+class KuaiRandLog(_Section):
+    """One of KuaiRand's logs, and the calendar days of it to read (Asia/Shanghai, both ends
+    included; null: all of them)."""
 
-    path: Path = Path("../shared/data/kuairand")
+    kind: Literal["standard", "random"] = "standard"
+    start: dt.date | None = None
+    end: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> KuaiRandLog:
+        if self.start and self.end and self.end < self.start:
+            raise ValueError(f"log days end ({self.end}) before they start ({self.start})")
+        return self
+
+
+class KuaiRandConfig(_Section):
+    """Where the KuaiRand files are and which of them to read (:mod:`recsys_moe.data.kuairand`).
+
+    ``layout: cut`` is this project's shared cut (``../shared/data/kuairand/README.md``);
+    ``official`` the files as released for KuaiRand-Pure, -1K and -27K (``variant``); ``auto``
+    picks by the files present."""
+
+    path: str = "../shared/data/kuairand"
+    layout: Literal["auto", "cut", "official"] = "auto"
+    variant: Literal["pure", "1k", "27k"] = "pure"
+    logs: list[KuaiRandLog] = [KuaiRandLog()]
+    """The logs read into impressions, each with its days: e.g. the standard log for training
+    and the random-exposure log (unbiased) for a test window. Rows of several logs are merged in
+    time order; an ``is_rand`` column says which log a row came from."""
+
+    @model_validator(mode="after")
+    def _check(self) -> KuaiRandConfig:
+        if not self.logs:
+            raise ValueError("data.kuairand.logs: name at least one log")
+        kinds = [log.kind for log in self.logs]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"data.kuairand.logs: each log once, got {kinds}")
+        return self
+
+
+TIME_UNITS = ("s", "ms", "us", "ns")
+
+
+class TableFiles(_Section):
+    """One table of ``data.source: files``: where its files are and how its columns are named.
+
+    ``path`` is a file, a folder (every ``.parquet``/``.csv`` file below it, Hive ``key=value``
+    folders read as columns) or a glob, local or on an object store (``s3://``, ``gs://``,
+    ``abfs://``)."""
+
+    path: str
+    format: Literal["auto", "parquet", "csv"] = "auto"
+    """auto: by the files' extension (``.csv``, ``.csv.gz``, ``.tsv`` are CSV)."""
+    separator: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    """CSV field separator."""
+    columns: dict[str, str] = {}
+    """Raw column -> the column's name in these files, for every name that differs
+    (``{user_id: uid, click: is_click}``); columns not named keep their own names."""
+
+
+class ImpressionFiles(TableFiles):
+    timestamp_unit: Literal["s", "ms", "us", "ns"] = "ms"
+    """Unit of an integer timestamp (epoch, UTC); a string column is parsed as ISO 8601, a
+    datetime column is used as it is."""
+    time_zone: str = "UTC"
+    """Zone whose calendar days the split windows count (``Asia/Shanghai``, ``America/New_York``);
+    naive datetimes and strings without an offset are read as wall-clock time there."""
+    watch_time_unit: Literal["s", "ms"] = "s"
+
+
+class ItemFiles(TableFiles):
+    duration_unit: Literal["s", "ms"] = "s"
+    list_separator: Annotated[str, Field(min_length=1)] = ","
+    """Separator of ``tags`` when they are given as a string (``"12,7,40"``)."""
+
+
+class FilesConfig(_Section):
+    """``data.source: files``: your own logs (:mod:`recsys_moe.data.files`)."""
+
+    impressions: ImpressionFiles
+    users: TableFiles
+    items: ItemFiles
+    history: TableFiles | None = None
+    """Optional per-user history from before the log (``user_id``, ``click_items``,
+    ``long_watch_items``: lists of item ids, oldest first)."""
 
 
 class DataConfig(_Section):
-    source: Literal["synthetic", "kuairand"] = "synthetic"
+    source: Literal["synthetic", "kuairand", "files"] = "synthetic"
     raw_dir: Path = Path("data/synthetic/raw")
     """Where `data synth` writes raw tables, and where synthetic raw tables are read from."""
     synthetic: SyntheticConfig = SyntheticConfig()
     kuairand: KuaiRandConfig = KuaiRandConfig()
+    files: FilesConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.source == "files" and self.files is None:
+            raise ValueError("data.files: required when data.source is files (impressions, users, items)")
+        return self
 
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]

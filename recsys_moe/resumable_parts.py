@@ -2,10 +2,13 @@
 
 ```
 <output>/
-  part-00000.parquet ...   each written to a temporary name, then renamed
+  part-00000.parquet ...   each written whole (:func:`recsys_moe.storage.write_parquet`)
   MANIFEST.json            fingerprint, header, rows per finished part, complete flag;
-                           rewritten (temp + rename) after every part
+                           rewritten whole after every part
 ```
+
+The folder may be an object-store prefix (``s3://...``): a part or manifest there is one object,
+which appears only when written completely, so the same rules hold without a rename.
 
 The fingerprint names everything a part's content depends on (the job computes it: input files,
 model bytes, ...). Opening a folder whose manifest has the same fingerprint resumes it: the parts
@@ -17,11 +20,9 @@ rows for the same fingerprint: the job derives parts from the input deterministi
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recsys_moe.atomic import replacing, write_parquet
+from recsys_moe import storage
 
 if TYPE_CHECKING:
     import polars as pl
@@ -38,45 +39,45 @@ def part_name(index: int) -> str:
 
 
 class ResumableParts:
-    """The parts of one output folder; see the module docstring."""
+    """The parts of one output folder, local or an object-store prefix; see the module docstring."""
 
-    def __init__(self, output: str | Path, fingerprint: str, header: dict[str, Any] | None = None,
+    def __init__(self, output: storage.Location, fingerprint: str, header: dict[str, Any] | None = None,
                  overwrite: bool = False, holds: str = "scores") -> None:
-        self.output = Path(output)
-        self.path = self.output / MANIFEST
+        self.output = storage.location(output)
+        self.path = storage.join(self.output, MANIFEST)
         fresh = {"fingerprint": fingerprint, **(header or {}), "parts": {}, "complete": False}
         self.manifest: dict[str, Any] = fresh
-        if self.path.is_file():
+        if storage.is_file(self.path):
             try:
-                old = json.loads(self.path.read_text())
+                old = json.loads(storage.read_text(self.path))
             except (OSError, ValueError):
                 old = {}
             if old.get("fingerprint") == fingerprint:
                 self.manifest = old
             elif overwrite:
-                shutil.rmtree(self.output)
+                storage.remove(self.output)
             else:
                 raise PartsError(f"{self.output} holds {holds} of another input, model or history state; "
                                  "pass --overwrite or another --output")
-        elif self.output.exists() and (not self.output.is_dir() or any(self.output.iterdir())):
+        elif storage.is_file(self.output) or storage.is_dir(self.output) and storage.files_below(self.output):
             if not overwrite:
                 raise PartsError(f"{self.output} exists and is not such an output folder; pass --overwrite or another --output")
-            shutil.rmtree(self.output) if self.output.is_dir() else self.output.unlink()
-        self.output.mkdir(parents=True, exist_ok=True)
+            storage.remove(self.output)
+        storage.makedirs(self.output)
 
     @property
     def resumed(self) -> bool:
         return bool(self.manifest["parts"])
 
     def done(self, name: str) -> int | None:
-        """Rows of part ``name`` when it is finished (listed and on disk), else None."""
+        """Rows of part ``name`` when it is finished (listed and present), else None."""
         rows = self.manifest["parts"].get(name)
-        return rows if rows is not None and (self.output / name).is_file() else None
+        return rows if rows is not None and storage.is_file(storage.join(self.output, name)) else None
 
     def write(self, name: str, frame: pl.DataFrame) -> None:
-        """Write part ``name`` atomically, then record it in the manifest."""
-        with replacing(self.output / name) as tmp:
-            write_parquet(frame, tmp)
+        """Write part ``name`` whole (:func:`~recsys_moe.storage.write_parquet`), then record it
+        in the manifest."""
+        storage.write_parquet(frame, storage.join(self.output, name))
         self.manifest["parts"][name] = frame.height
         self._save()
 
@@ -89,5 +90,4 @@ class ResumableParts:
         return self.manifest["rows"]
 
     def _save(self) -> None:
-        with replacing(self.path) as tmp:
-            tmp.write_text(json.dumps(self.manifest, indent=2))
+        storage.write_text(self.path, json.dumps(self.manifest, indent=2))

@@ -17,7 +17,6 @@ over with ``overwrite``).
 from __future__ import annotations
 
 import datetime as dt
-import glob
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -30,14 +29,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys_moe import contract
+from recsys_moe import contract, storage
 from recsys_moe.config import Config
 from recsys_moe.data.raw import load_raw
 from recsys_moe.data.schema import validate_items, validate_users
 from recsys_moe.data.tables import RawTables
 from recsys_moe.features.enrich import check_join_columns, initial_state, joined_columns_only
 from recsys_moe.features.fit import check_sources
-from recsys_moe.features.pointintime import HistoryState
+from recsys_moe.features.pointintime import STATE_FILE, HistoryState
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.registry import ResolvedModel
 from recsys_moe.resumable_parts import PartsError, ResumableParts, part_name
@@ -56,7 +55,7 @@ class ScoringError(ValueError):
 
 @dataclass
 class ScoreSummary:
-    output: Path
+    output: storage.Location
     rows: int = 0
     parts: int = 0
     skipped_parts: int = 0
@@ -69,17 +68,14 @@ class ScoreSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def input_files(spec: str | Path) -> list[Path]:
-    """A Parquet file, a directory (all ``*.parquet`` below it) or a glob; sorted. Every file is
-    opened once here, so a corrupt or truncated one is refused before anything is written."""
-    text = str(spec)
-    p = Path(text)
-    if p.is_dir():
-        files = sorted(p.rglob("*.parquet"))
-    elif any(ch in text for ch in "*?["):
-        files = sorted(Path(f) for f in glob.glob(text, recursive=True))
-    else:
-        files = [p] if p.is_file() else []
+def input_files(spec: storage.Location) -> list[storage.Location]:
+    """A Parquet file, a folder (all ``*.parquet`` below it) or a glob, local or on an object
+    store; sorted. Every file is opened once here, so a corrupt or truncated one is refused before
+    anything is written."""
+    try:
+        files = storage.expand(spec, (".parquet",))
+    except storage.StorageError as exc:
+        raise ScoringError(str(exc)) from exc
     if not files:
         raise ScoringError(f"{spec}: no Parquet input found")
     for f in files:
@@ -87,16 +83,21 @@ def input_files(spec: str | Path) -> list[Path]:
     return files
 
 
-def input_rows(path: Path) -> int:
+def _parquet(path: storage.Location) -> pq.ParquetFile:
+    return pq.ParquetFile(storage.open_input(path))
+
+
+def input_rows(path: storage.Location) -> int:
     """Rows of one input file from its footer; a clear error when it is not readable Parquet."""
     try:
-        with pq.ParquetFile(path) as parquet:
+        with _parquet(path) as parquet:
             return parquet.metadata.num_rows
     except (pa.ArrowException, OSError) as exc:
         raise ScoringError(f"{path}: not a readable Parquet file ({exc}); is it truncated or another format?") from exc
 
 
-def fingerprint(files: list[Path], onnx_path: Path, spec_hash: str, batch_rows: int, feature_files: list[Path]) -> str:
+def fingerprint(files: list[storage.Location], onnx_path: Path, spec_hash: str, batch_rows: int,
+                feature_files: list[storage.Location]) -> str:
     """What a finished part depends on: the input files, the model's bytes (a label such as
     ``models:/name@champion`` or a file path stays the same when the model behind it changes), the
     spec, the files features are read from (users, items, history state) and the batching."""
@@ -105,12 +106,13 @@ def fingerprint(files: list[Path], onnx_path: Path, spec_hash: str, batch_rows: 
     with open(onnx_path, "rb") as model:
         h.update(hashlib.file_digest(model, "sha256").digest())
     for f in [*files, *feature_files]:
-        st = f.stat()
-        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        size, mtime_ns = storage.stat(f)
+        name = f if storage.is_remote(f) else Path(f).resolve()
+        h.update(f"{name}|{size}|{mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
-def read_batches(files: list[Path], batch_rows: int) -> Iterator[pa.RecordBatch]:
+def read_batches(files: list[storage.Location], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """The input's rows in order, ``batch_rows`` at a time (a batch never spans two files).
 
     One file is open at a time and nothing is read ahead, so memory follows ``batch_rows``, not
@@ -118,7 +120,7 @@ def read_batches(files: list[Path], batch_rows: int) -> Iterator[pa.RecordBatch]
     """
     for f in files:
         try:
-            with pq.ParquetFile(f) as parquet:
+            with _parquet(f) as parquet:
                 yield from parquet.iter_batches(batch_size=batch_rows, use_threads=False)
         except (pa.ArrowException, OSError) as exc:
             raise ScoringError(f"{f}: cannot read it as Parquet ({exc})") from exc
@@ -137,12 +139,16 @@ def _null_count(parquet: pq.ParquetFile, column: str) -> int:
     return sum(counts)
 
 
-def check_input(files: list[Path], spec: FeatureSpec, raw: RawTables) -> None:
-    """Every file has the key columns with no nulls, and the columns the row features read."""
-    keys = contract.SCORING_KEY_COLUMNS
+def check_input(files: list[storage.Location], spec: FeatureSpec, raw: RawTables,
+                to_raw: Callable[[pl.DataFrame, str], pl.DataFrame] | None = None,
+                names: dict[str, str] | None = None) -> None:
+    """Every file has the key columns with no nulls, and the columns the row features read.
+    ``names`` maps raw columns to the input's own names and ``to_raw`` converts its rows (for
+    ``data.source: files``)."""
+    keys = [(names or {}).get(k, k) for k in contract.SCORING_KEY_COLUMNS]
     for f in files:
         try:
-            with pq.ParquetFile(f) as parquet:
+            with _parquet(f) as parquet:
                 missing = [c for c in keys if c not in parquet.schema_arrow.names]
                 if missing:
                     raise ScoringError(f"{f}: column(s) {missing} missing (scoring input needs {list(keys)})")
@@ -152,12 +158,26 @@ def check_input(files: list[Path], spec: FeatureSpec, raw: RawTables) -> None:
                         raise ScoringError(f"{f}: column {c!r} has {nulls:,} null value(s); every row to score needs {list(keys)}")
         except (pa.ArrowException, OSError) as exc:
             raise ScoringError(f"{f}: cannot read it as Parquet ({exc})") from exc
-    candidates = RawTables(impressions=pl.scan_parquet(files[0]), users=raw.users, items=raw.items, source="scoring input")
+    head = pl.read_parquet(str(files[0]), n_rows=1)
+    if to_raw is not None:
+        head = to_raw(head, str(files[0]))
+    candidates = RawTables(impressions=head.lazy(), users=raw.users, items=raw.items, source="scoring input")
     check_join_columns(candidates)
     try:
         check_sources(spec.features, candidates)
     except ValueError as exc:
         raise ScoringError(f"{files[0]}: {exc}") from exc
+
+
+def _input_mapping(cfg: Config) -> tuple[Callable[[pl.DataFrame, str], pl.DataFrame] | None, dict[str, str] | None]:
+    """With ``data.source: files``, candidates come in the impressions' own column names and
+    units: (a converter to the raw shape, raw -> own names); else (None, None)."""
+    if cfg.data.source != "files" or cfg.data.files is None:
+        return None, None
+    from recsys_moe.data.files import impressions_to_raw
+
+    spec = cfg.data.files.impressions
+    return (lambda rows, where: impressions_to_raw(rows, spec, where)), dict(spec.columns)
 
 
 def check_model(session: Session, spec: FeatureSpec, cfg: Config, where: Path) -> None:
@@ -176,29 +196,34 @@ def check_model(session: Session, spec: FeatureSpec, cfg: Config, where: Path) -
 
 
 def score(
-    cfg: Config, model: ResolvedModel, files: list[Path], output: str | Path, state_dir: Path | None = None,
+    cfg: Config, model: ResolvedModel, files: list[storage.Location], output: storage.Location,
+    state_dir: storage.Location | None = None,
     batch_rows: int = 100_000, providers: str = "auto", overwrite: bool = False,
     on_rows: Callable[[int], None] | None = None, state_origin: str | None = None,
 ) -> ScoreSummary:
     """Score every row of ``files`` once into ``output``; history features from ``state_dir``
-    (a saved :class:`HistoryState`), or from the source's prior history when it is None."""
+    (a saved :class:`HistoryState`), or from the source's prior history when it is None. Input,
+    output and state may be object-store URIs."""
     start = time.perf_counter()
-    output = Path(output)
+    output = storage.location(output)
     spec = FeatureSpec.load(model.spec_dir)
     session = make_session(model.onnx_path, providers, spin=False)  # (spin: when ORT runs intra-op threads)
+    to_raw, names = _input_mapping(cfg)
     check_model(session, spec, cfg, model.onnx_path)
     summary = ScoreSummary(output, provider=session.provider, model_version=model.label)
-    if state_dir is not None and not (Path(state_dir) / "state.json").is_file():
-        raise ScoringError(f"{state_dir}: no history state here (state.json missing)")
+    if state_dir is not None:
+        state_dir = storage.location(state_dir)
+        if not storage.is_file(storage.join(state_dir, STATE_FILE)):
+            raise ScoringError(f"{state_dir}: no history state here ({STATE_FILE} missing)")
     # the saved history loads on a thread while the user and item tables are read (both mostly
     # release the GIL: Parquet and CSV decoding)
     with ThreadPoolExecutor(1, thread_name_prefix="state") as loader:
-        loading = loader.submit(HistoryState.load, Path(state_dir)) if state_dir is not None else None
+        loading = loader.submit(HistoryState.load, state_dir) if state_dir is not None else None
         # Only users and items are joined; the training log itself is not read (nor validated).
         raw = load_raw(cfg.data, validate=False)
         validate_users(raw.users, raw.files.get("users", "users"))
         validate_items(raw.items, raw.files.get("items", "items"))
-        check_input(files, spec, raw)
+        check_input(files, spec, raw, to_raw, names)
         raw = joined_columns_only(raw, spec.features)
         state = loading.result() if loading is not None else None
     if state is not None:
@@ -212,8 +237,8 @@ def score(
             "or the pipeline first, or pass --state): history features and counters start from the source's "
             "prior history"
         )
-    feature_files = [Path(raw.files[t]) for t in ("users", "items") if t in raw.files]
-    feature_files += sorted(Path(state_dir).iterdir()) if state_dir is not None else [Path(raw.files[t]) for t in ("history",) if t in raw.files]
+    feature_files = [f for t in ("users", "items") for f in raw.inputs.get(t, [])]
+    feature_files += storage.files_below(state_dir) if state_dir is not None else raw.inputs.get("history", [])
     fp = fingerprint(files, model.onnx_path, spec.content_hash, batch_rows, feature_files)
     try:
         parts = ResumableParts(output, fp, {"model": model.label, "spec_hash": spec.content_hash, "batch_rows": batch_rows,
@@ -225,6 +250,8 @@ def score(
     def prepare(batch: pa.RecordBatch) -> tuple[pl.DataFrame, dict]:
         """Output keys and model inputs of one batch (runs on the prefetch thread)."""
         rows = pl.from_arrow(pa.Table.from_batches([batch]))
+        if to_raw is not None:
+            rows = to_raw(rows, "scoring input")
         if state.last_ts_ms is not None:
             ms = pl.col(contract.TIMESTAMP).dt.cast_time_unit("ms").cast(pl.Int64)
             summary.rows_before_state += rows.select((ms < state.last_ts_ms).sum()).item()

@@ -32,6 +32,7 @@ def read_synthetic(raw_dir: Path) -> RawTables:
             "items": str(raw_dir / "items.parquet"),
             "oracle": oracle_glob,
         },
+        inputs={"users": [str(raw_dir / "users.parquet")], "items": [str(raw_dir / "items.parquet")]},
     )
 
 
@@ -40,10 +41,16 @@ def load_raw(cfg: DataConfig, validate: bool = True, unique_ids: bool = True) ->
     :meth:`RawTables.validate` for ``unique_ids``)."""
     if cfg.source == "synthetic":
         tables = read_synthetic(cfg.raw_dir)
+    elif cfg.source == "files":
+        from recsys_moe.data.files import read_files
+
+        assert cfg.files is not None  # DataConfig requires it for this source
+        tables = read_files(cfg.files)
     else:
         from recsys_moe.data.kuairand import read_kuairand
 
-        tables = read_kuairand(cfg.kuairand.path)
+        k = cfg.kuairand
+        tables = read_kuairand(k.path, layout=k.layout, variant=k.variant, logs=k.logs)
     if validate:
         tables.validate(unique_ids)
     return tables

@@ -13,7 +13,9 @@ from recsys_moe.data.schema import validate_impressions, validate_items, validat
 class RawTables:
     """Impressions (lazy: may not fit in memory), users, items, optional prior history and oracle.
 
-    ``files`` maps each table name to the file(s) it came from, for error messages.
+    ``files`` maps each table name to where it came from, for error messages; ``inputs`` lists
+    the files (paths or URIs) the users, items and history tables were read from, so a scoring
+    job's fingerprint changes when they do.
     """
 
     impressions: pl.LazyFrame
@@ -23,6 +25,7 @@ class RawTables:
     history: pl.DataFrame | None = None
     oracle: pl.LazyFrame | None = None
     files: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, list[str]] = field(default_factory=dict)
 
     def validate(self, unique_ids: bool = True) -> None:
         """Validate every table; raises :class:`~recsys_moe.data.schema.RawDataError`.

@@ -24,13 +24,12 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from recsys_moe.atomic import write_parquet
+from recsys_moe import storage
 from recsys_moe.features.keyindex import KeyIndex
 from recsys_moe.features.lookup import head_positions, list_parts, list_series, numpy_of
 
@@ -39,6 +38,7 @@ COUNTER_COLUMNS = tuple(
     f"{who}_{what}" for who in ("user", "item") for what in ("impressions", "clicks", "ctr", "watch_mean")
 )
 POINT_IN_TIME_COLUMNS = LIST_COLUMNS + COUNTER_COLUMNS
+STATE_FILE = "state.json"
 
 
 def stable_order(key: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -305,22 +305,23 @@ class HistoryState:
         index, counts = self._counted(who)
         return counts.frame(f"{who}_id", index.keys())
 
-    def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        write_parquet(self.user_hist, directory / "user_hist.parquet")
-        write_parquet(self.counts_frame("user"), directory / "user_counts.parquet")
-        write_parquet(self.counts_frame("item"), directory / "item_counts.parquet")
+    def save(self, directory: storage.Location) -> None:
+        """Write the state to a local folder or an object-store prefix (``state.json`` last)."""
+        storage.makedirs(directory)
+        storage.write_parquet(self.user_hist, storage.join(directory, "user_hist.parquet"))
+        storage.write_parquet(self.counts_frame("user"), storage.join(directory, "user_counts.parquet"))
+        storage.write_parquet(self.counts_frame("item"), storage.join(directory, "item_counts.parquet"))
         meta = {"max_len": self.max_len, "long_watch_s": self.long_watch_s, "last_ts_ms": self.last_ts_ms}
-        (directory / "state.json").write_text(json.dumps(meta))
+        storage.write_text(storage.join(directory, STATE_FILE), json.dumps(meta))
 
     @classmethod
-    def load(cls, directory: Path) -> HistoryState:
-        meta = json.loads((directory / "state.json").read_text())
+    def load(cls, directory: storage.Location) -> HistoryState:
+        meta = json.loads(storage.read_text(storage.join(directory, STATE_FILE)))
         state = cls.empty(meta["max_len"], meta["long_watch_s"])
         state.last_ts_ms = meta["last_ts_ms"]
-        state._load_lists(pl.read_parquet(directory / "user_hist.parquet"))
+        state._load_lists(pl.read_parquet(str(storage.join(directory, "user_hist.parquet"))))
         for who in ("user", "item"):
-            frame = pl.read_parquet(directory / f"{who}_counts.parquet")
+            frame = pl.read_parquet(str(storage.join(directory, f"{who}_counts.parquet")))
             index, counts = state._counted(who)
             rows = index.add(frame[f"{who}_id"].to_numpy())
             state._grow()

@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import polars as pl
 
-from recsys_moe.atomic import replacing, write_parquet
+from recsys_moe import storage
+from recsys_moe.atomic import write_parquet
 from recsys_moe.config import SplitConfig
 from recsys_moe.data.tables import RawTables
 from recsys_moe.features.enrich import Replay, initial_state, joined_columns_only
@@ -33,7 +33,7 @@ speed for disk (docs/design.md has the measurement)."""
 
 @dataclass
 class TransformSummary:
-    out_dir: Path
+    out_dir: storage.Location
     rows_in: int = 0
     rows_out: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -56,7 +56,7 @@ def transform(
     raw: RawTables,
     spec: FeatureSpec,
     split: SplitConfig,
-    out_dir: str | Path,
+    out_dir: storage.Location,
     state: HistoryState | None = None,
     on_day: Callable[[str, int], None] | None = None,
     overwrite: bool = False,
@@ -68,13 +68,15 @@ def transform(
     Rows outside the split windows only advance the point-in-time state. The final state is
     saved to ``out_dir/state`` so later jobs can continue the history; a ``state`` passed in is
     advanced in place (pass ``state.copy()`` to keep it). ``chunk_rows`` (default: the spec's)
-    only changes memory and speed, never a value: pass the running config's. The output directory is
-    built under a temporary name and renamed into place when complete.
+    only changes memory and speed, never a value: pass the running config's. ``out_dir`` may be
+    an object-store URI. A local output directory is built under a temporary name and renamed into
+    place when complete; on an object store, ``MANIFEST.json`` is written last
+    (:func:`~recsys_moe.storage.new_folder`).
     """
     check_sources(spec.features, raw)
     raw = joined_columns_only(raw, spec.features)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
+    out_dir = storage.location(out_dir)
+    if storage.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     windows = split.windows()
     start = time.perf_counter()
@@ -87,12 +89,12 @@ def transform(
                     joins=False)
     mapper = FeatureMapper(spec)
     entities = EntityAttributes(mapper, raw.users, raw.items)
-    with replacing(out_dir) as tmp, ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+    with storage.new_folder(out_dir, overwrite) as tmp, ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
         for name in windows:
-            (tmp / name).mkdir(parents=True)
+            storage.makedirs(storage.join(tmp, name))
         last = max(w.end for w in windows.values())
 
-        def write(mapped: tuple[pl.DataFrame, dict[str, int]], split_name: str, path: Path) -> None:
+        def write(mapped: tuple[pl.DataFrame, dict[str, int]], split_name: str, path: storage.Location) -> None:
             rows, counts = mapped
             try:
                 write_parquet(rows, path, compression=compression)
@@ -115,7 +117,7 @@ def transform(
                 on_day(str(day), chunk.height)
             if split_name is None or not chunk.height:
                 continue
-            path = tmp / split_name / f"part-{parts[split_name]:05d}.parquet"
+            path = storage.join(tmp, split_name, f"part-{parts[split_name]:05d}.parquet")
             mapped = mapper.apply(chunk, entities)
             if pending is not None:
                 pending.result()
@@ -127,7 +129,7 @@ def transform(
         empty = [n for n, c in summary.rows_out.items() if c == 0]
         if empty:
             raise FeatureError(f"split window(s) {empty} have no impressions in {raw.source} data; check split.* dates")
-        replay.state.save(tmp / "state")
+        replay.state.save(storage.join(tmp, "state"))
         summary.seconds = time.perf_counter() - start
         manifest = {
             "spec_hash": spec.content_hash,
@@ -138,5 +140,5 @@ def transform(
             "split": split.model_dump(mode="json"),
             "features": summary.per_feature(spec),
         }
-        (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
+        storage.write_text(storage.join(tmp, "MANIFEST.json"), json.dumps(manifest, indent=2))
     return summary

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torchrec import KeyedJaggedTensor
 
+from recsys_moe import storage
 from recsys_moe.features.spec import FeatureSpec
 
 
@@ -84,18 +85,18 @@ class ColumnarSplit:
 
     @classmethod
     def read(cls, path: str | Path, spec: FeatureSpec, label_columns: tuple[str, ...] = ("click", "watch_time_s")) -> ColumnarSplit:
-        path = Path(path)
-        files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-        if not files or not files[0].exists():
+        """Every ``*.parquet`` file of a split folder (local or an object-store prefix), or one file."""
+        files = storage.expand(path, (".parquet",))
+        if not files:
             raise DataError(f"{path}: no Parquet files; run `recsys-moe features transform` first")
         wanted = [*spec.id_features, *spec.list_features, *spec.dense_columns, *label_columns]
         tables = []
         for f in files:
-            schema = pq.read_schema(f)
-            missing = [c for c in wanted if c not in schema.names]
-            if missing:
-                raise DataError(f"{f}: columns {missing} missing; re-run `recsys-moe features transform` with this spec")
-            tables.append(pq.read_table(f, columns=wanted))
+            with pq.ParquetFile(storage.open_input(f)) as parquet:
+                missing = [c for c in wanted if c not in parquet.schema_arrow.names]
+                if missing:
+                    raise DataError(f"{f}: columns {missing} missing; re-run `recsys-moe features transform` with this spec")
+                tables.append(parquet.read(columns=wanted))
         return cls(spec, pa.concat_tables(tables), str(path), label_columns)
 
     def batch(self, idx: Tensor) -> Batch:

@@ -7,16 +7,18 @@ from pathlib import Path
 
 import lightning as L
 
+from recsys_moe import storage
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.training.batches import BatchLoader, ColumnarSplit, DataError
 
 
-def check_manifest(data_dir: Path, spec: FeatureSpec) -> dict:
-    """The transform's MANIFEST must name this spec (no training on rows from another spec)."""
-    path = data_dir / "MANIFEST.json"
-    if not path.is_file():
+def check_manifest(data_dir: storage.Location, spec: FeatureSpec) -> dict:
+    """The transform's MANIFEST must name this spec (no training on rows from another spec). A
+    folder without one is not complete (on an object store the manifest is written last)."""
+    path = storage.join(data_dir, "MANIFEST.json")
+    if not storage.is_file(path):
         raise DataError(f"{data_dir}: no MANIFEST.json; run `recsys-moe features transform` first")
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(storage.read_text(path))
     if manifest.get("spec_hash") != spec.content_hash:
         raise DataError(
             f"{path}: rows were transformed with FeatureSpec {manifest.get('spec_hash')}, not "
@@ -31,7 +33,7 @@ class FeatureDataModule(L.LightningDataModule):
 
     def __init__(self, data_dir: str | Path, spec: FeatureSpec, batch_size: int, eval_batch_size: int, seed: int) -> None:
         super().__init__()
-        self.data_dir = Path(data_dir)
+        self.data_dir = storage.location(data_dir)
         self.spec = spec
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.manifest = check_manifest(self.data_dir, spec)
@@ -39,7 +41,7 @@ class FeatureDataModule(L.LightningDataModule):
 
     def split(self, name: str) -> ColumnarSplit:
         if name not in self.splits:
-            self.splits[name] = ColumnarSplit.read(self.data_dir / name, self.spec)
+            self.splits[name] = ColumnarSplit.read(storage.join(self.data_dir, name), self.spec)
         return self.splits[name]
 
     def setup(self, stage: str | None = None) -> None:
