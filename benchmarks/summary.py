@@ -91,7 +91,8 @@ def summary() -> str:
                 "[`docs/benchmarks.md`](docs/benchmarks.md)):", "", *header, *_quality_rows(train, "peers")]
     if _gap_line(train):
         out += ["", _gap_line(train)]
-    out += _study_rows()
+    out += ["", "The MMoE paper's task-correlation study, the position-bias study, dense against sparse expert "
+            "dispatch and every smaller serving copy: [`docs/benchmarks.md`](docs/benchmarks.md#latest-detail-tables)."]
     out += ["", f"Speed on {train['machine']} (no GPU); each figure a median, from `benchmarks/results/`:", "",
             "| what | figure | date | results file |", "|---|---|---|---|"]
     issue = train["splits"]["issue"]
@@ -115,7 +116,7 @@ def summary() -> str:
     dense = next(r for r in synthetic["results"] if r["world"] == "dense")
     out.append(f"| synthetic dense world: MMoE CTR AUC over the oracle's | {dense['auc_ratio']:.3f} "
                f"| {synthetic['date']} | `synthetic_quality.json` |")
-    out += _experts_rows()
+    out += _sources_rows()
     out += _compression_brief()
     out += _sizing_rows()
     out += ["", END]
@@ -123,9 +124,35 @@ def summary() -> str:
 
 
 def details() -> str:
-    """The per-configuration tables for docs/benchmarks.md."""
+    """The studies and per-configuration tables for docs/benchmarks.md."""
     rows = _whole_model_rows(_load("experts.json")) if (RESULTS / "experts.json").is_file() else []
-    return "\n".join([DETAILS_START, *rows, *_compression_rows(), "", DETAILS_END])
+    return "\n".join([DETAILS_START, *_study_rows(), *_experts_rows(), *rows, *_compression_rows(), "", DETAILS_END])
+
+
+SOURCE_LABELS = {"synthetic": "synthetic source (Parquet, own names)", "files-parquet": "`files`, Parquet, foreign names",
+                 "files-csv": "`files`, CSV, foreign names", "files-s3": "`files`, Parquet on a local S3 server (moto)"}
+
+
+def _sources_rows() -> list[str]:
+    """Transform and scoring rows/s by data source and size, from sources.json (when run)."""
+    if not (RESULTS / "sources.json").is_file():
+        return []
+    src = _load("sources.json")
+    res = src["results"]
+    sizes = sorted({r["rows"] for r in res if r["job"] == "features transform"})
+    scored = sorted({r["rows"] for r in res if r["job"] == "score"})
+    cols = [f"transform {n / 1e6:g}M" for n in sizes] + [f"score {n / 1e6:g}M" for n in scored]
+    out = ["", f"Your own data (`bench_sources.py`, {src['date']}; rows/s and peak RSS of the whole command, median of "
+           f"{src['repeats']}; the S3 server runs on the same 2 cores, so its row measures overhead, not S3):", "",
+           "| source | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for source, label in SOURCE_LABELS.items():
+        cells = []
+        for job, n in [("features transform", n) for n in sizes] + [("score", n) for n in scored]:
+            r = next((r for r in res if r["job"] == job and r["source"] == source and r["rows"] == n), None)
+            cells.append(f"{r['rows_per_s_median']:,.0f} ({r['peak_rss_mib_median']:,.0f} MiB)" if r else "")
+        if any(cells):
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _compression_brief() -> list[str]:
@@ -252,8 +279,7 @@ def _sizing_rows() -> list[str]:
 
 
 def _experts_rows() -> list[str]:
-    """Dense vs sparse dispatch from experts.json (when it has been run), with a pointer to the
-    per-configuration whole-model tables in docs/benchmarks.md."""
+    """Dense vs sparse dispatch from experts.json (when it has been run)."""
     if not (RESULTS / "experts.json").is_file():
         return []
     ex = _load("experts.json")
@@ -281,9 +307,6 @@ def _experts_rows() -> list[str]:
         parts = [f"{r['experts']} experts, router {r['router']} (busiest expert {r['busiest_over_even']:.1f}x an even share): "
                  f"{r['padded_rows_per_s']:,.0f} padded, {r['grouped_rows_per_s']:,.0f} grouped" for r in ex["kernel"]]
         out += ["", f"Eager torch outside training, top-2 sparse, rows/s ({ex['dates']['kernel']}): " + "; ".join(parts) + "."]
-    if ex.get("models"):  # one sentence more on the last paragraph: the README stays short
-        out[-1] += (" Whole models with every expert count and gate, on KuaiRand and the synthetic feed: "
-                    "[`docs/benchmarks.md`](docs/benchmarks.md#latest-detail-tables).")
     return out
 
 

@@ -112,13 +112,13 @@ TIME_UNITS = ("s", "ms", "us", "ns")
 class TableFiles(_Section):
     """One table of ``data.source: files``: where its files are and how its columns are named.
 
-    ``path`` is a file, a folder (every ``.parquet``/``.csv`` file below it, Hive ``key=value``
-    folders read as columns) or a glob, local or on an object store (``s3://``, ``gs://``,
+    ``path`` is a file, a folder (every ``.parquet``/``.csv`` file below it; for Parquet, Hive
+    ``key=value`` folders are read as columns) or a glob, local or on an object store (``s3://``, ``gs://``,
     ``abfs://``)."""
 
     path: str
     format: Literal["auto", "parquet", "csv"] = "auto"
-    """auto: by the files' extension (``.csv``, ``.csv.gz``, ``.tsv`` are CSV)."""
+    """auto: by the files' extension (``.csv``, ``.tsv``, gzipped or not, are CSV)."""
     separator: Annotated[str, Field(min_length=1, max_length=1)] = ","
     """CSV field separator."""
     columns: dict[str, str] = {}

@@ -57,14 +57,6 @@ def join(base: Location, *names: str) -> Location:
     return Path(base).joinpath(*names)
 
 
-def name_of(path: Location) -> str:
-    return str(path).rstrip("/").rsplit("/", 1)[-1]
-
-
-def _scheme(path: Location) -> str:
-    return str(path).split("://", 1)[0]
-
-
 def filesystem(path: Location) -> tuple[pafs.FileSystem, str]:
     """The pyarrow file system holding ``path`` and the path inside it."""
     if not is_remote(path):
@@ -76,11 +68,6 @@ def filesystem(path: Location) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(uri)
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError / ValueError by scheme
         raise StorageError(f"{path}: cannot open this object store ({exc})") from exc
-
-
-def _uri(fs_path: str, like: Location) -> str:
-    """A path inside a remote file system as a URI of ``like``'s scheme."""
-    return f"{_scheme(like)}://{fs_path}"
 
 
 def _info(path: Location) -> pafs.FileInfo:
@@ -132,9 +119,11 @@ def files_below(path: Location) -> list[Location]:
         infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True, recursive=True))
     except OSError as exc:
         raise StorageError(f"{path}: cannot be listed ({exc})") from exc
-    prefix = inner.rstrip("/") + "/"
-    return sorted(_uri(i.path, path) for i in infos
-                  if i.type == pafs.FileType.File and not _hidden(i.path[len(prefix):]))
+    # a listed path as a URI: the listing's root spelled as the caller spelled it (an abfs:// URI
+    # names its account, which the file system's own paths leave out)
+    root, base = inner.rstrip("/"), str(path).rstrip("/")
+    return sorted(base + i.path[len(root):] for i in infos
+                  if i.type == pafs.FileType.File and not _hidden(i.path[len(root) + 1:]))
 
 
 def _hidden(relative: str) -> bool:

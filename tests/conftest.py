@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +10,7 @@ from recsys_moe.data.raw import read_synthetic
 from recsys_moe.data.synthetic import generate
 from recsys_moe.features import fit, transform
 from tests.features.conftest import small_config
+from tests.s3server import local_s3
 
 ROOT = Path(__file__).resolve().parents[1]
 KUAIRAND_DIR = (ROOT.parent / "shared" / "data" / "kuairand").resolve()
@@ -62,39 +58,7 @@ def mlflow_uri(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def s3_bucket():
-    """A local S3-compatible server (moto's server mode on 127.0.0.1, a real HTTP endpoint), with
-    the usual AWS variables pointing at it for this process and every job it starts; yields an
-    empty bucket's ``s3://`` URI. Stopped at the end of the session."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.1)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true",
-           "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket="recsys-test")
-        yield "s3://recsys-test"
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.terminate()
-        server.wait(timeout=10)
+    """An empty bucket on a local S3-compatible server (:func:`tests.s3server.local_s3`), with the
+    AWS variables pointing at it for the whole session; yields its ``s3://`` URI."""
+    with local_s3() as bucket:
+        yield bucket

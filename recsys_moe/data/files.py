@@ -23,7 +23,7 @@ from recsys_moe.config import FilesConfig, ImpressionFiles, ItemFiles, TableFile
 from recsys_moe.data.schema import RawDataError
 from recsys_moe.data.tables import RawTables
 
-CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 

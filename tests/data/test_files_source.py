@@ -105,10 +105,16 @@ def test_timestamps_in_units_strings_and_zones():
 
 
 @pytest.mark.slow
-def test_fit_transform_train_and_score_a_foreign_csv_feed_through_the_cli(feeds, tmp_path, mlflow_uri):
+def test_the_example_config_runs_fit_transform_train_and_score_on_a_foreign_csv_feed(feeds, tmp_path):
+    """configs/own_data.yaml (the README's example) with only its paths and days changed."""
     _, their = feeds
     work = tmp_path / "work"
-    cfg = their.model_copy(update={"experiment": their.experiment.model_copy(update={"work_dir": work})})
+    files = their.data.files
+    cfg = load_config(ROOT / "configs/own_data.yaml", [
+        f"data.files.impressions.path={files.impressions.path}", f"data.files.users.path={files.users.path}",
+        f"data.files.items.path={files.items.path}", f"experiment.work_dir={work}",
+        *(f"split.{name}={{start: {w.start}, end: {w.end}}}" for name, w in their.split.windows().items()),
+    ])
     cfg_path = tmp_path / "theirs.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
 
@@ -123,7 +129,7 @@ def test_fit_transform_train_and_score_a_foreign_csv_feed_through_the_cli(feeds,
     cli("train", "--set", "training.max_epochs=1", "--set", "tracking.enabled=false")
     assert (work / "train" / cfg.model.kind / "model").is_dir()
     # score candidates written in the feed's own shape: the mapping applies to them too
-    raw_rows = pl.read_parquet(Path(cfg.data.raw_dir) / "impressions/date=2024-01-04/*.parquet")
+    raw_rows = pl.read_parquet(Path(their.data.raw_dir) / "impressions/date=2024-01-04/*.parquet")
     candidates = tmp_path / "candidates.parquet"
     foreign_impressions(raw_rows).drop("clicked", "play_ms").write_parquet(candidates)
     torch.manual_seed(0)
@@ -141,3 +147,18 @@ def test_fit_transform_train_and_score_a_foreign_csv_feed_through_the_cli(feeds,
     assert scores["impression_id"].to_list() == raw_rows["impression_id"].to_list()
     assert scores["timestamp"].to_list() == raw_rows["timestamp"].to_list()
     assert np.isfinite(scores["probs_ctr"].to_numpy()).all() and scores["probs_ctr"].std() > 0
+
+
+def test_a_hive_partitioned_parquet_folder_reads_its_keys_as_columns(feeds, tmp_path):
+    cfg, their = feeds
+    imps = read_synthetic(cfg.data.raw_dir).impressions.collect()
+    days = imps["timestamp"].dt.date()
+    for day in days.unique().sort():
+        folder = tmp_path / "logs" / f"day={day}"
+        folder.mkdir(parents=True)
+        foreign_impressions(imps.filter(days == day)).write_parquet(folder / "part-0.parquet")
+    files = their.data.files
+    hive = files.model_copy(update={"impressions": files.impressions.model_copy(update={"path": str(tmp_path / "logs")})})
+    got = read_files(hive).impressions.collect()
+    assert got.height == imps.height
+    assert (got["day"] == got["timestamp"].dt.date()).all()  # the folder's key, as a column
