@@ -59,28 +59,18 @@ def _median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def bench_transform(name: str, sets: list[str], out: str, rows: int, repeats: int) -> dict:
+def bench(job: str, source: str, args: list[str], rows: int, repeats: int, fresh: str | None = None) -> dict:
+    """Median rows/s and peak RSS of ``recsys-moe JOB ARGS`` over ``repeats`` fresh processes;
+    ``fresh`` is deleted before each run (a finished scoring output would be resumed, not redone)."""
     runs = []
     for _ in range(repeats):
-        run = run_cli("features", "transform", "-c", CONFIG, *_flags(sets), "-o", out, "--overwrite")
+        if fresh is not None:
+            storage.remove(fresh)
+        run = run_cli(*job.split(), *args)
         runs.append({"seconds": run.seconds, "rows_per_s": rows / run.seconds, "peak_rss_mib": run.peak_rss_mib})
-    res = {"job": "features transform", "source": name, "rows": rows, "rows_per_s_median": _median(runs, "rows_per_s"),
+    res = {"job": job, "source": source, "rows": rows, "rows_per_s_median": _median(runs, "rows_per_s"),
            "peak_rss_mib_median": _median(runs, "peak_rss_mib"), "runs": runs}
-    print(f"transform {name:>14} {rows:>12,} rows  {res['rows_per_s_median']:>10,.0f} rows/s  "
-          f"peak RSS {res['peak_rss_mib_median']:,.0f} MiB", flush=True)
-    return res
-
-
-def bench_score(name: str, sets: list[str], model: Path, candidates: str, state: str, out: str, rows: int, repeats: int) -> dict:
-    runs = []
-    for _ in range(repeats):
-        storage.remove(out)  # a finished output would be resumed, not scored again
-        run = run_cli("score", "-c", CONFIG, *_flags(sets), "--model", str(model), "--input", candidates,
-                      "--state", state, "--output", out)
-        runs.append({"seconds": run.seconds, "rows_per_s": rows / run.seconds, "peak_rss_mib": run.peak_rss_mib})
-    res = {"job": "score", "source": name, "rows": rows, "rows_per_s_median": _median(runs, "rows_per_s"),
-           "peak_rss_mib_median": _median(runs, "peak_rss_mib"), "runs": runs}
-    print(f"score     {name:>14} {rows:>12,} rows  {res['rows_per_s_median']:>10,.0f} rows/s  "
+    print(f"{job:>18} {source:>14} {rows:>12,} rows  {res['rows_per_s_median']:>10,.0f} rows/s  "
           f"peak RSS {res['peak_rss_mib_median']:,.0f} MiB", flush=True)
     return res
 
@@ -109,7 +99,8 @@ def main() -> None:
             for name, files in sources.items():
                 sets = _sets(files, raw, work)
                 out = f"{bucket}/model-ready-{rows}" if name == "files-s3" else str(tmp / f"out-{name}-{rows}")
-                results.append(bench_transform(name, sets, out, rows, args.repeats))
+                results.append(bench("features transform", name, ["-c", CONFIG, *_flags(sets), "-o", out, "--overwrite"],
+                                     rows, args.repeats))
             if i == 0:  # scoring: candidates and scores local, then both on the bucket
                 fs = FeatureSpec.load(spec)
                 torch.manual_seed(0)
@@ -121,14 +112,14 @@ def main() -> None:
                 cands = foreign_impressions(pl.read_parquet(raw / "impressions/*/*.parquet")).drop("clicked", "play_ms")
                 cands.write_parquet(tmp / "candidates.parquet")
                 storage.write_parquet(cands, f"{bucket}/candidates/part-0.parquet")
-                state = str(tmp / f"out-files-parquet-{rows}" / "state")
-                files = sources["files-parquet"]
-                results.append(bench_score("files-parquet", _sets(files, raw, work), model, str(tmp / "candidates.parquet"),
-                                           state, str(tmp / "scores"), cands.height, args.repeats))
-                if "files-s3" in sources:
-                    results.append(bench_score("files-s3", _sets(sources["files-s3"], raw, work), model,
-                                               f"{bucket}/candidates/*.parquet", f"{bucket}/model-ready-{rows}/state",
-                                               f"{bucket}/scores", cands.height, args.repeats))
+                places = {"files-parquet": (str(tmp / "candidates.parquet"), str(tmp / f"out-files-parquet-{rows}" / "state"),
+                                            str(tmp / "scores")),
+                          "files-s3": (f"{bucket}/candidates/*.parquet", f"{bucket}/model-ready-{rows}/state", f"{bucket}/scores")}
+                for name, (candidates, state, out) in places.items():
+                    if name in sources:
+                        score_args = ["-c", CONFIG, *_flags(_sets(sources[name], raw, work)), "--model", str(model),
+                                 "--input", candidates, "--state", state, "--output", out]
+                        results.append(bench("score", name, score_args, cands.height, args.repeats, fresh=out))
     payload = {"benchmark": "sources", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats,
                "config": CONFIG, "results": results,
                "note": "files-s3: a local moto server on the same cores (overhead of the object-store path, not S3 throughput)"}

@@ -16,6 +16,7 @@ name; a folder is committed by writing its manifest last and read only when the 
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,17 @@ _GLOB = re.compile(r"[*?\[]")
 
 class StorageError(OSError):
     """A path on an object store cannot be reached or read; the message names it."""
+
+
+@contextmanager
+def _failing(path: Location, what: str) -> Iterator[None]:
+    """Raise an OSError of the store as a StorageError naming ``path`` and what failed."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot be {what} ({exc})") from exc
 
 
 def is_remote(path: Location | None) -> bool:
@@ -72,10 +84,8 @@ def filesystem(path: Location) -> tuple[pafs.FileSystem, str]:
 
 def _info(path: Location) -> pafs.FileInfo:
     fs, inner = filesystem(path)
-    try:
+    with _failing(path, "reached"):
         return fs.get_file_info(inner)
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot be reached ({exc})") from exc
 
 
 def is_file(path: Location) -> bool:
@@ -87,10 +97,8 @@ def is_dir(path: Location) -> bool:
     if not is_remote(path):
         return Path(path).is_dir()
     fs, inner = filesystem(path)
-    try:
+    with _failing(path, "listed"):
         return bool(fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True, recursive=False)))
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot be listed ({exc})") from exc
 
 
 def exists(path: Location) -> bool:
@@ -115,10 +123,8 @@ def files_below(path: Location) -> list[Location]:
         root = Path(path)
         return sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root).as_posix()))
     fs, inner = filesystem(path)
-    try:
+    with _failing(path, "listed"):
         infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True, recursive=True))
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot be listed ({exc})") from exc
     # a listed path as a URI: the listing's root spelled as the caller spelled it (an abfs:// URI
     # names its account, which the file system's own paths leave out)
     root, base = inner.rstrip("/"), str(path).rstrip("/")
@@ -179,11 +185,8 @@ def read_text(path: Location) -> str:
     if not is_remote(path):
         return Path(path).read_text()
     fs, inner = filesystem(path)
-    try:
-        with fs.open_input_stream(inner) as f:
-            return f.read().decode()
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot be read ({exc})") from exc
+    with _failing(path, "read"), fs.open_input_stream(inner) as f:
+        return f.read().decode()
 
 
 def write_text(path: Location, text: str) -> None:
@@ -193,20 +196,15 @@ def write_text(path: Location, text: str) -> None:
             tmp.write_text(text)
         return
     fs, inner = filesystem(path)
-    try:
-        with fs.open_output_stream(inner) as f:
-            f.write(text.encode())
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot be written ({exc})") from exc
+    with _failing(path, "written"), fs.open_output_stream(inner) as f:
+        f.write(text.encode())
 
 
 def open_input(path: Location):
     """A seekable pyarrow file for reading (``pq.ParquetFile`` accepts it)."""
     fs, inner = filesystem(path)
-    try:
+    with _failing(path, "opened"):
         return fs.open_input_file(inner)
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot be opened ({exc})") from exc
 
 
 def remove(path: Location) -> None:
@@ -214,21 +212,17 @@ def remove(path: Location) -> None:
     if not is_remote(path):
         p = Path(path)
         if p.is_dir() and not p.is_symlink():
-            import shutil
-
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
         return
     fs, inner = filesystem(path)
-    try:
+    with _failing(path, "deleted"):
         info = fs.get_file_info(inner)
         if info.type == pafs.FileType.File:
             fs.delete_file(inner)
         elif is_dir(path):
             fs.delete_dir_contents(inner, missing_dir_ok=True)
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot be deleted ({exc})") from exc
 
 
 def upload(local: Path, dest: Location) -> None:
@@ -238,10 +232,8 @@ def upload(local: Path, dest: Location) -> None:
             upload(f, join(dest, *f.relative_to(local).parts))
         return
     fs, inner = filesystem(dest)
-    try:
+    with _failing(dest, "written"):
         pafs.copy_files(str(local.absolute()), inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    except OSError as exc:
-        raise StorageError(f"{dest}: cannot be written ({exc})") from exc
 
 
 def makedirs(path: Location) -> None:
