@@ -253,15 +253,17 @@ def write_parquet(frame: pl.DataFrame, path: Location, **options: Any) -> None:
 
 
 @contextmanager
-def new_folder(path: Location, overwrite: bool = False) -> Iterator[Location]:
-    """Yield where to build the folder ``path``; the caller writes its manifest last.
+def new_folder(path: Location, overwrite: bool = False, manifest: str = "MANIFEST.json") -> Iterator[Location]:
+    """Yield where to build the folder ``path``; the caller writes ``manifest`` last.
 
     Locally the folder is built under a temporary name and renamed into place at the end
     (:func:`~recsys_moe.atomic.replacing`), so an old one stays whole until then. On an object
     store nothing can be renamed: the prefix is written in place, and readers trust it only once
     its manifest exists. An existing output is refused unless ``overwrite``, which there deletes it
-    first; a failed write deletes what it wrote."""
-    if exists(path) and not overwrite:
+    first; a failed write deletes what it wrote, and a prefix a killed write left without its
+    manifest is replaced without asking (a local killed write leaves only its temporary)."""
+    unfinished = is_remote(path) and not is_file(join(path, manifest))
+    if exists(path) and not overwrite and not unfinished:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
     if not is_remote(path):
         with replacing(path) as tmp:

@@ -61,6 +61,10 @@ def test_new_folder_refuses_an_existing_output_and_cleans_up_a_failed_one(s3_buc
         storage.write_text(storage.join(tmp, "part.txt"), "half")
         raise RuntimeError("killed")
     assert not storage.exists(out)  # nothing half-written is left to be read
+    storage.write_text(f"{out}/part.txt", "left by a killed write: no manifest")
+    with storage.new_folder(out) as tmp:  # replaced without --overwrite
+        storage.write_text(storage.join(tmp, "MANIFEST.json"), "{}")
+    assert storage.files_below(out) == [f"{out}/MANIFEST.json"]
 
 
 def test_resumable_parts_on_the_object_store(s3_bucket):

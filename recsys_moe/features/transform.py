@@ -76,8 +76,6 @@ def transform(
     check_sources(spec.features, raw)
     raw = joined_columns_only(raw, spec.features)
     out_dir = storage.location(out_dir)
-    if storage.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     windows = split.windows()
     start = time.perf_counter()
     summary = TransformSummary(out_dir=out_dir, rows_out=dict.fromkeys(windows, 0))
@@ -99,7 +97,8 @@ def transform(
             try:
                 write_parquet(rows, path, compression=compression)
             except OSError as exc:
-                raise FeatureError(f"{out_dir} was not written (an old one is left as it was): {exc}") from exc
+                kept = "" if storage.is_remote(out_dir) else " (an old one is left as it was)"
+                raise FeatureError(f"{out_dir} was not written{kept}: {exc}") from exc
             for k, v in counts.items():
                 summary.counts[k] = summary.counts.get(k, 0) + v
             summary.rows_out[split_name] += rows.height
