@@ -48,6 +48,7 @@ class CliRun:
     seconds: float
     peak_rss_mib: float
     cpu_s: float
+    stderr: str = ""
 
 
 def run_cli(*args: str) -> CliRun:
@@ -63,4 +64,4 @@ def run_cli(*args: str) -> CliRun:
     if proc.returncode != 0:
         raise SystemExit(f"recsys-moe {' '.join(args)} failed:\n{proc.stderr}")
     tagged = dict(line.split("=", 1) for line in proc.stderr.splitlines() if line.startswith("RECSYS_") and "=" in line)
-    return CliRun(secs, int(tagged["RECSYS_MAXRSS_KB"]) / 1024.0, float(tagged["RECSYS_CPU_S"]))
+    return CliRun(secs, int(tagged["RECSYS_MAXRSS_KB"]) / 1024.0, float(tagged["RECSYS_CPU_S"]), proc.stderr)

@@ -58,6 +58,9 @@ KNOWN_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",  # torch pytree deprecation, raised inside Lightning and torch.export
     r".*The axis name.*will not be used.*",  # torch.onnx: two inputs share the one dynamic batch axis, as meant
     r".*is smaller than the logging interval.*",  # Lightning, on a split with fewer batches than log_every_n_steps
+    # Lightning under DDP: validation metrics come from every rank's gathered predictions, so they
+    # are already the same on every rank (training/distributed.py)
+    r".*when logging on epoch level in distributed setting.*",
 )
 _verbose = False
 
@@ -324,6 +327,7 @@ def train_cmd(
 
     Running the same command again after an interruption resumes from the last checkpoint and
     continues the same MLflow run. The best weights land in <output>/model (state_dict + spec).
+    Under `torchrun --nproc-per-node N` it trains with DDP over N processes (gloo on CPU).
     """
     from recsys_moe.features import SpecError
     from recsys_moe.tracking import tracking_uri
@@ -337,6 +341,8 @@ def train_cmd(
     except (SpecError, DataError, TrainError, ModelLoadError, OSError) as exc:
         fail(str(exc))
         raise
+    if result.rank != 0:  # rank 0 reports for the whole run
+        return
     table = Table(title=f"{cfg.model.kind} on {cfg.experiment.name}: best checkpoint {Path(result.best_checkpoint).name}")
     table.add_column("metric")
     table.add_column("validation")
@@ -350,7 +356,8 @@ def train_cmd(
     Console().print(table)
     rate = f"{sorted(result.samples_per_s)[len(result.samples_per_s) // 2]:,.0f}" if result.samples_per_s else "-"
     console.print(
-        f"{result.epochs} epochs, {result.global_step:,} steps in {result.seconds:.1f}s (median {rate} samples/s per epoch)"
+        f"{result.epochs} epochs, {result.global_step:,} steps in {result.seconds:.1f}s (median {rate} samples/s per epoch, "
+        f"data {result.data_mode})"
         f"{' (resumed)' if result.resumed else ''}\nmodel: {result.model_dir}\n"
         f"MLflow run: {result.run_id or 'tracking disabled'} (`mlflow ui --backend-store-uri {tracking_uri(cfg)}`)",
         highlight=False,

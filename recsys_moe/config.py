@@ -486,6 +486,16 @@ class TrainingConfig(_Section):
     log_every_n_steps: PositiveInt = 50
     num_threads: Annotated[int, Field(ge=0)] = 0
     """torch intra-op threads; 0 keeps torch's default (one per core)."""
+    data_mode: Literal["auto", "memory", "stream"] = "auto"
+    """How training reads the model-ready splits: ``memory`` holds them as tensors (fastest for
+    small data), ``stream`` reads row groups as it goes (memory flat in the data's size); ``auto``
+    holds them when their decoded size is at most ``memory_budget_mb``."""
+    memory_budget_mb: PositiveInt = 2048
+    shuffle_buffer_rows: PositiveInt = 262_144
+    """Streaming: rows shuffled together (plus one row group); row groups are shuffled too."""
+    audit_rows: bool = False
+    """Write the ``impression_id`` of every training row each rank saw, per epoch, to
+    ``<run>/audit/epoch=<e>/rank=<r>.parquet`` (to check a distributed run's coverage)."""
 
 
 class TrackingConfig(_Section):

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 
 from recsys_moe.models import MultiTaskModel
 from recsys_moe.tasks import BinaryTask, Task, WatchTimeTask
-from recsys_moe.training.batches import BatchLoader
+from recsys_moe.training.batches import Batch
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def fit_task(task: Task, raw: np.ndarray, label: np.ndarray) -> tuple[float, flo
 
 
 @torch.no_grad()
-def fit_calibration(model: MultiTaskModel, loader: BatchLoader) -> dict[str, dict[str, float]]:
+def fit_calibration(model: MultiTaskModel, loader: Iterable[Batch]) -> dict[str, dict[str, float]]:
     """Fit every task with ``calibrate`` on the rows of ``loader`` (the validation split) and
     store the maps in ``model``; returns them per task. Tasks without ``calibrate`` keep the
     identity."""

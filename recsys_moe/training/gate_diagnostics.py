@@ -40,6 +40,18 @@ class GateAccumulator:
             self.routed = r if self.routed is None else self.routed + r
             self.dropped = d if self.dropped is None else self.dropped + d
 
+    @classmethod
+    def merged(cls, parts: list[GateAccumulator]) -> GateAccumulator:
+        """The sums of several accumulators (one per rank) as one."""
+        out = cls()
+        for p in parts:
+            out.rows += p.rows
+            for name in ("weight_sum", "entropy_sum", "routed", "dropped"):
+                mine, theirs = getattr(out, name), getattr(p, name)
+                if theirs is not None:
+                    setattr(out, name, theirs.clone() if mine is None else mine + theirs)
+        return out
+
     def summary(self, task_names: list[str], threshold: float) -> GateSummary | None:
         if self.weight_sum is None or not self.rows:
             return None

@@ -12,6 +12,7 @@ from recsys_moe.metrics.functions import task_metrics
 from recsys_moe.metrics.names import GATE
 from recsys_moe.models import MultiTaskModel
 from recsys_moe.training.batches import Batch
+from recsys_moe.training.distributed import gathered
 from recsys_moe.training.gate_diagnostics import GateAccumulator, GateSummary
 from recsys_moe.training.optim import build_optimizer
 
@@ -115,7 +116,21 @@ class MultiTaskModule(L.LightningModule):
             out |= summary.metrics(prefix)
         return out, summary
 
+    def gather_ranks(self) -> None:
+        """Under DDP, replace this rank's validation outputs and gate sums by every rank's, so the
+        metrics are exact over the whole split and equal on every rank (each validated a share)."""
+        mine = ({k: torch.cat(v) for k, v in self._val.items()}, self._gates)
+        parts = gathered(mine)
+        if len(parts) == 1:
+            return
+        self._val = {}
+        for outputs, _ in parts:
+            for k, v in outputs.items():
+                self._val.setdefault(k, []).append(v)
+        self._gates = GateAccumulator.merged([g for _, g in parts])
+
     def on_validation_epoch_end(self) -> None:
+        self.gather_ranks()
         logged, summary = self.epoch_metrics("val/")
         if not logged:
             return

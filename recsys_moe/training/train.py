@@ -14,6 +14,9 @@ are those of the calibrated model (the per-epoch validation during training is u
 
 Running again with the same config resumes from ``checkpoints/last.ckpt`` and continues the
 same MLflow run, so a killed run ends with the same number of steps as an uninterrupted one.
+
+Started by ``torchrun`` the job trains with DDP over torchrun's world
+(:mod:`recsys_moe.training.distributed`); rank 0 alone writes the folder and the MLflow run.
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ from recsys_moe.layout import WorkDir
 from recsys_moe.metrics import names as metric_names
 from recsys_moe.models import build_model
 from recsys_moe.training.artifacts import save_model
-from recsys_moe.training.batches import BatchLoader
 from recsys_moe.training.calibration import fit_calibration
 from recsys_moe.training.checkpoint_io import AtomicCheckpointIO
-from recsys_moe.training.datamodule import FeatureDataModule
+from recsys_moe.training.datamodule import FeatureDataModule, Loader
+from recsys_moe.training.distributed import process_rank, torchrun_world
 from recsys_moe.training.gate_diagnostics import GateSummary
 from recsys_moe.training.module import MultiTaskModule
+from recsys_moe.training.row_audit import RowAudit
 from recsys_moe.training.throughput import EpochThroughput
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,9 @@ class TrainResult:
     resumed: bool = False
     train_drop_rate: dict[str, float] = field(default_factory=dict)
     """Sparse dispatch: per task, the share of chosen pairs dropped in the last training epoch."""
+    rank: int = 0
+    """The process's global rank: only rank 0's result has the model, metrics and run."""
+    data_mode: str = "memory"
 
 
 def default_paths(cfg: Config) -> dict[str, Path]:
@@ -86,7 +93,7 @@ def resolve_precision(cfg: Config) -> str:
 
 
 @torch.no_grad()
-def evaluate(module: MultiTaskModule, loader: BatchLoader, prefix: str) -> tuple[dict[str, float], GateSummary | None]:
+def evaluate(module: MultiTaskModule, loader: Loader, prefix: str) -> tuple[dict[str, float], GateSummary | None]:
     """Metrics of ``module`` on every row of ``loader`` (no trainer needed)."""
     was_training = module.training
     module.eval()
@@ -99,8 +106,9 @@ def evaluate(module: MultiTaskModule, loader: BatchLoader, prefix: str) -> tuple
     return metrics, summary
 
 
-def _prepare_output(out: Path, cfg: Config, spec: FeatureSpec, resume: bool) -> dict[str, Any]:
-    """Return the saved train state to resume, or an empty one for a new run."""
+def _prepare_output(out: Path, cfg: Config, spec: FeatureSpec, resume: bool, write: bool = True) -> dict[str, Any]:
+    """Return the saved train state to resume, or an empty one for a new run (then, when
+    ``write``, the folder is emptied: only rank 0 writes; every rank checks)."""
     state_path = out / "train_state.json"
     if state_path.is_file() and resume:
         state = json.loads(state_path.read_text())
@@ -110,10 +118,23 @@ def _prepare_output(out: Path, cfg: Config, spec: FeatureSpec, resume: bool) -> 
                 f"{cfg.content_hash()}); pass --fresh to start over there, or --output for another folder"
             )
         return state
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if write:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
     return {}
+
+
+def trainer_world(cfg: Config) -> dict[str, Any]:
+    """The Trainer's accelerator, devices, strategy and nodes: the config's, or under torchrun its
+    world (DDP, ``LOCAL_WORLD_SIZE`` devices per node)."""
+    t = cfg.training
+    world = torchrun_world()
+    if world is None:
+        return {"accelerator": t.accelerator, "devices": t.devices, "strategy": t.strategy, "num_nodes": t.num_nodes}
+    if t.strategy == "ddp_spawn":
+        raise TrainError("training.strategy ddp_spawn starts its own processes: run it without torchrun")
+    return {"accelerator": t.accelerator, "devices": world.local_world_size, "strategy": "ddp", "num_nodes": world.nodes}
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -138,18 +159,23 @@ def train(
     spec = FeatureSpec.load(spec_dir or paths["spec"])
     spec.check_matches(cfg.features)
     out = Path(output_dir or paths["output"])
-    state = _prepare_output(out, cfg, spec, resume)
+    rank = process_rank()
+    last = out / "checkpoints" / "last.ckpt"
+    resumed = resume and last.is_file()  # decided before rank 0 may empty the folder
+    state = _prepare_output(out, cfg, spec, resume, write=rank == 0)
     L.seed_everything(cfg.experiment.seed, workers=True, verbose=False)
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
 
-    dm = FeatureDataModule(data_dir or paths["data"], spec, cfg.training.batch_size, cfg.training.eval_batch_size, cfg.experiment.seed)
+    t = cfg.training
+    dm = FeatureDataModule(data_dir or paths["data"], spec, t.batch_size, t.eval_batch_size, cfg.experiment.seed,
+                           t.data_mode, t.memory_budget_mb, t.shuffle_buffer_rows)
     model = build_model(cfg.model, cfg.tasks, spec)
     module = MultiTaskModule(model, cfg.tasks, cfg.training, cfg.model.gate)
 
     run_id = state.get("run_id")
     logger: Any = False
-    if cfg.tracking.enabled:
+    if cfg.tracking.enabled and rank == 0:
         from lightning.pytorch.loggers import MLFlowLogger
 
         if run_id is None:
@@ -166,8 +192,9 @@ def train(
                 **(run_tags or {}),
             }, run_name=f"{cfg.experiment.name}-{cfg.model.kind}")
         logger = MLFlowLogger(experiment_name=tracking.experiment_name(cfg), tracking_uri=tracking.tracking_uri(cfg), run_id=run_id)
-    _write_json(out / "train_state.json", {"config_hash": cfg.content_hash(), "spec_hash": spec.content_hash, "run_id": run_id})
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if rank == 0:
+        _write_json(out / "train_state.json", {"config_hash": cfg.content_hash(), "spec_hash": spec.content_hash, "run_id": run_id})
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     mode = metric_names.mode(cfg.tasks.monitor)
     monitor = f"val/{cfg.tasks.monitor}"
@@ -178,17 +205,16 @@ def train(
     )
     throughput = EpochThroughput()
     cbs: list[L.Callback] = [checkpoint, throughput, *callbacks]
+    if t.audit_rows:
+        cbs.append(RowAudit(out / "audit"))
     if cfg.training.early_stopping_patience:
         cbs.append(L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg.training.early_stopping_patience))
     trainer = L.Trainer(
-        accelerator=cfg.training.accelerator, devices=cfg.training.devices, strategy=cfg.training.strategy,
-        num_nodes=cfg.training.num_nodes, precision=resolve_precision(cfg), max_epochs=cfg.training.max_epochs,
+        **trainer_world(cfg), precision=resolve_precision(cfg), max_epochs=cfg.training.max_epochs,
         gradient_clip_val=cfg.training.gradient_clip_val or None, callbacks=cbs, logger=logger,
         default_root_dir=out, enable_progress_bar=progress, enable_model_summary=False,
         log_every_n_steps=cfg.training.log_every_n_steps, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
     )
-    last = ckpt_dir / "last.ckpt"
-    resumed = resume and last.is_file()
     if resumed:
         log.info("resuming from %s", last)
     start = time.perf_counter()
@@ -196,17 +222,21 @@ def train(
     seconds = time.perf_counter() - start
     if trainer.interrupted:
         raise TrainError(f"training was interrupted; run the same command again to resume from {last}")
+    if trainer.global_rank != 0:  # rank 0 calibrates, evaluates and writes the model
+        return TrainResult(output_dir=out, model_dir=out / "model", run_id=run_id, best_checkpoint="", global_step=trainer.global_step,
+                           epochs=trainer.current_epoch, validation={}, seconds=seconds, resumed=resumed, rank=trainer.global_rank,
+                           data_mode=dm.data_mode)
 
     best = checkpoint.best_model_path or str(last)
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     module.load_state_dict(ckpt["state_dict"])
     module.to("cpu")
-    calibration = fit_calibration(model, dm.val_dataloader())
-    validation, gates = evaluate(module, dm.val_dataloader(), "val/")
+    calibration = fit_calibration(model, dm.loader("validation", sharded=False))
+    validation, gates = evaluate(module, dm.loader("validation", sharded=False), "val/")
     test: dict[str, float] = {}
     if evaluate_test:
         dm.setup("test")
-        test, _ = evaluate(module, dm.test_dataloader(), "test/")
+        test, _ = evaluate(module, dm.loader("test", sharded=False), "test/")
 
     model_dir = save_model(out / "model", model, cfg.model, cfg.tasks, spec, extra={
         "best_checkpoint": Path(best).name, "validation": validation, "mlflow_run_id": run_id, "calibration": calibration,
@@ -235,4 +265,5 @@ def train(
         output_dir=out, model_dir=model_dir, run_id=run_id, best_checkpoint=best, global_step=trainer.global_step,
         epochs=trainer.current_epoch, validation=validation, test=test, gates=gates.to_json() if gates else None,
         samples_per_s=throughput.samples_per_s, seconds=seconds, resumed=resumed, train_drop_rate=module.train_drop_rate,
+        data_mode=dm.data_mode,
     )
