@@ -489,7 +489,8 @@ class TrainingConfig(_Section):
     data_mode: Literal["auto", "memory", "stream"] = "auto"
     """How training reads the model-ready splits: ``memory`` holds them as tensors (fastest for
     small data), ``stream`` reads row groups as it goes (memory flat in the data's size); ``auto``
-    holds them when their decoded size is at most ``memory_budget_mb``."""
+    holds them when their size as Arrow arrays (estimated from the Parquet footers) is at most
+    ``memory_budget_mb``."""
     memory_budget_mb: PositiveInt = 2048
     shuffle_buffer_rows: PositiveInt = 262_144
     """Streaming: rows shuffled together (plus one row group); row groups are shuffled too."""

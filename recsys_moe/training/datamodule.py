@@ -10,7 +10,7 @@ import lightning as L
 from recsys_moe import storage
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.training.batches import BatchLoader, ColumnarSplit, DataError
-from recsys_moe.training.streaming import StreamingLoader, uncompressed_bytes
+from recsys_moe.training.streaming import StreamingLoader, decoded_bytes
 
 
 def check_manifest(data_dir: storage.Location, spec: FeatureSpec) -> dict:
@@ -50,7 +50,7 @@ class FeatureDataModule(L.LightningDataModule):
         self.manifest = check_manifest(self.data_dir, spec)
         self.splits: dict[str, ColumnarSplit] = {}
         if data_mode == "auto":
-            decoded = sum(uncompressed_bytes(storage.join(self.data_dir, n)) for n in SPLITS)
+            decoded = sum(decoded_bytes(storage.join(self.data_dir, n)) for n in SPLITS)
             data_mode = "memory" if decoded <= memory_budget_mb * 2**20 else "stream"
         self.data_mode = data_mode
 
@@ -82,8 +82,9 @@ class FeatureDataModule(L.LightningDataModule):
         train = name == "train"
         common = {"batch_size": self.batch_size if train else self.eval_batch_size, "shuffle": train, "seed": self.seed,
                   "epoch_fn": self._epoch, "shard_fn": self._shard if sharded else None}
-        if self.data_mode == "stream":
-            return StreamingLoader(storage.join(self.data_dir, name), self.spec, buffer_rows=self.shuffle_buffer_rows, **common)
+        if self.data_mode == "stream":  # unshuffled splits need no buffer beyond the row group read
+            return StreamingLoader(storage.join(self.data_dir, name), self.spec,
+                                   buffer_rows=self.shuffle_buffer_rows if train else 1, **common)
         return BatchLoader(self.split(name), **common)
 
     def train_dataloader(self) -> Loader:

@@ -19,6 +19,7 @@ batches, whatever the split's size.
 
 from __future__ import annotations
 
+import ctypes
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -35,6 +36,24 @@ from recsys_moe.training.batches import Batch, ColumnarSplit, DataError, epoch_s
 from recsys_moe.training.distributed import shard_range
 
 _DONE = object()
+
+
+def _libc_trim() -> Callable[[], object] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed since the last buffer back to the OS (Arrow's pool and glibc's heap keep
+    it otherwise, and the process's resident size would grow with the buffers it has served)."""
+    pa.default_memory_pool().release_unused()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @dataclass(frozen=True)
@@ -62,8 +81,30 @@ def row_groups(path: storage.Location, spec: FeatureSpec, label_columns: tuple[s
     return groups, columns
 
 
+_WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8}
+
+
+def decoded_bytes(path: storage.Location) -> int:
+    """An estimate, from the Parquet footers, of the split's size as Arrow arrays (what holding it in
+    memory costs): every column chunk's values at their width, plus list offsets. Parquet's own
+    uncompressed size (:func:`uncompressed_bytes`) counts encoded pages (dictionaries, run
+    lengths), which can be much smaller for repetitive columns."""
+    total = 0
+    for f in storage.expand(path, (".parquet",)):
+        with pq.ParquetFile(storage.open_input(f)) as parquet:
+            meta = parquet.metadata
+            for i in range(meta.num_row_groups):
+                group = meta.row_group(i)
+                for j in range(group.num_columns):
+                    col = group.column(j)
+                    total += col.num_values * _WIDTH.get(col.physical_type, 8)
+                    if "." in col.path_in_schema:  # a list's leaf: one offset per row too
+                        total += 4 * group.num_rows
+    return total
+
+
 def uncompressed_bytes(path: storage.Location) -> int:
-    """The split's size once decoded, from the Parquet footers (what reading it into memory costs)."""
+    """Parquet's uncompressed size of the split (encoded pages, before decoding), from the footers."""
     total = 0
     for f in storage.expand(path, (".parquet",)):
         with pq.ParquetFile(storage.open_input(f)) as parquet:
@@ -164,12 +205,15 @@ class StreamingLoader:
                 carry = window
                 continue
             order = rng.permutation(window.num_rows) if self.shuffle else np.arange(window.num_rows)
+            carry = window.take(pa.array(order[whole:])) if whole < window.num_rows else None
             split = ColumnarSplit(self.spec, window, str(self.path), self.label_columns)
+            del window  # the split holds its own copy: one buffer in memory while it is served
             idx = torch.from_numpy(order)
             for b in range(0, whole, self.batch_size):
                 batch = split.batch(idx[b: min(b + self.batch_size, whole)])
                 yield batch.pin_memory() if self.pin else batch
-            carry = window.take(pa.array(order[whole:])) if whole < window.num_rows else None
+            del split  # before the next buffer is read
+            release_freed_memory()
 
     def __iter__(self) -> Iterator[Batch]:
         """Batches from the background thread, ``prefetch`` ahead; an error there is raised here."""

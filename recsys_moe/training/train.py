@@ -161,8 +161,9 @@ def train(
     out = Path(output_dir or paths["output"])
     rank = process_rank()
     last = out / "checkpoints" / "last.ckpt"
-    resumed = resume and last.is_file()  # decided before rank 0 may empty the folder
+    resumed = resume and last.is_file()  # looked at before rank 0 may empty the folder
     state = _prepare_output(out, cfg, spec, resume, write=rank == 0)
+    resumed = resumed and bool(state)  # a checkpoint without its run's state is not resumed
     L.seed_everything(cfg.experiment.seed, workers=True, verbose=False)
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recsys_moe.training.batches import Batch, BatchLoader, ColumnarSplit, DataError
-from recsys_moe.training.streaming import StreamingLoader, row_groups, uncompressed_bytes
+from recsys_moe.training.streaming import StreamingLoader, decoded_bytes, row_groups
 
 GROUP_ROWS = 500
 
@@ -104,4 +104,10 @@ def test_the_readers_errors_surface_and_a_loop_left_early_stops_the_reader(group
     assert threading.active_count() <= before
     with pytest.raises(DataError, match="no Parquet files"):
         row_groups(tmp_path / "none", spec, ())
-    assert uncompressed_bytes(path) > 0
+
+
+
+def test_the_footer_estimate_of_a_splits_memory_is_close_to_arrows(groups):
+    path, _, _ = groups
+    held = pq.read_table(path).nbytes  # what the in-memory mode reads
+    assert 0.8 * held <= decoded_bytes(path) <= 1.25 * held
