@@ -221,6 +221,8 @@ class StreamingLoader:
         stop = threading.Event()
 
         def produce() -> None:
+            # one intra-op thread here: the trainer's threads keep the cores (a per-thread setting)
+            torch.set_num_threads(1)
             try:
                 for batch in self._batches(stop):
                     while not stop.is_set():
