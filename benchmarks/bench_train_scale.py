@@ -1,7 +1,11 @@
 """Training as the data grows: the in-memory and the streaming loader, on 1M and 10M synthetic
 impressions, through the real CLI.
 
-For each size the synthetic feed is generated, fitted and transformed once. Then `recsys-moe
+For each size the synthetic feed is generated, fitted and transformed once, with users and items
+grown in step with the impressions (20,000 users and 10,000 items per million, the config's own
+ratio): with the population fixed, ten times the impressions would also mean ten times the history
+per user, so wider rows (longer history lists), which is another axis than the number of rows.
+The decoded bytes per row are recorded beside each size. Then `recsys-moe
 train` (configs/synthetic.yaml, one epoch, tracking off) runs in fresh processes: at the first
 size with ``training.data_mode`` memory and stream alternately (``--repeats`` each), at the larger
 sizes streaming only. Reported per run: the training rate (samples/s of the epoch, as the trainer
@@ -22,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -71,14 +77,23 @@ def main() -> None:
         tmp = Path(tmp_name)
         for i, rows in enumerate(args.sizes):
             work = tmp / f"work-{rows}"
-            sets = [f"data.synthetic.num_impressions={rows}", f"data.raw_dir={tmp / f'raw-{rows}'}", f"experiment.work_dir={work}"]
+            per_million = rows / 1_000_000
+            sets = [f"data.synthetic.num_impressions={rows}", f"data.raw_dir={tmp / f'raw-{rows}'}", f"experiment.work_dir={work}",
+                    f"data.synthetic.num_users={round(base.data.synthetic.num_users * per_million)}",
+                    f"data.synthetic.num_items={round(base.data.synthetic.num_items * per_million)}"]
             flags = [x for s in sets for x in ("--set", s)]
             run_cli("data", "synth", "-c", CONFIG, *flags)
             run_cli("features", "fit", "-c", CONFIG, *flags)
             run_cli("features", "transform", "-c", CONFIG, *flags)
             modes = ["memory", "stream"] if i == 0 else ["stream"]
             runs = [train_run(sets, mode, tmp / f"train-{rows}") for _ in range(args.repeats if i == 0 else 1) for mode in modes]
-            entry = {"rows": rows, "runs": runs}
+            from recsys_moe.training.streaming import uncompressed_bytes
+
+            train_dir = work / "features/data/train"
+            train_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in train_dir.glob("*.parquet"))
+            entry = {"rows": rows, "num_users": round(base.data.synthetic.num_users * per_million),
+                     "num_items": round(base.data.synthetic.num_items * per_million),
+                     "train_bytes_per_row": uncompressed_bytes(train_dir) / train_rows, "runs": runs}
             for mode in modes:
                 mine = [r for r in runs if r["mode"] == mode]
                 entry[mode] = {"samples_per_s_median": statistics.median(r["samples_per_s"] for r in mine),

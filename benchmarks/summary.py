@@ -101,6 +101,7 @@ def summary() -> str:
                f"| {train['date']} | `train_kuairand.json` |")
     out.append(f"| training, KuaiRand, MMoE 4 experts [64] (the former default), batch 4,096 | "
                f"{_train_rate(train4k['splits']['issue']):,.0f} samples/s | {train4k['date']} | `train_kuairand_bs4096.json` |")
+    out += _train_scale_rows()
     for r in features["results"]:
         out.append(f"| `features transform`, {r['dataset']} | {r['rows_per_s_median']:,.0f} rows/s, "
                    f"peak RSS {r['peak_rss_mib_median']:,.0f} MiB | {features['date']} | `features.json` |")
@@ -127,6 +128,27 @@ def details() -> str:
     """The studies and per-configuration tables for docs/benchmarks.md."""
     rows = _whole_model_rows(_load("experts.json")) if (RESULTS / "experts.json").is_file() else []
     return "\n".join([DETAILS_START, *_study_rows(), *_experts_rows(), *rows, *_compression_rows(), "", DETAILS_END])
+
+
+def _train_scale_rows() -> list[str]:
+    """Memory against streaming training, and streaming as the data grows (train_scale.json)."""
+    if not (RESULTS / "train_scale.json").is_file():
+        return []
+    ts = _load("train_scale.json")
+    first, date = ts["sizes"][0], ts["date"]
+    m, st = first["memory"], first["stream"]
+    out = [f"| training, synthetic-{first['rows'] / 1e6:g}M, in memory / streamed (1 epoch) | {m['samples_per_s_median']:,.0f} / "
+           f"{st['samples_per_s_median']:,.0f} samples/s ({ts['checks']['stream_over_memory_samples_per_s']:.2f}x), peak RSS "
+           f"{m['peak_rss_mib_median']:,.0f} / {st['peak_rss_mib_median']:,.0f} MiB | {date} | `train_scale.json` |"]
+    for size in ts["sizes"][1:]:
+        s2 = size["stream"]
+        out.append(f"| training, synthetic-{size['rows'] / 1e6:g}M, streamed | {s2['samples_per_s_median']:,.0f} samples/s, peak RSS "
+                   f"{s2['peak_rss_mib_median']:,.0f} MiB ({s2['peak_rss_mib_median'] / st['peak_rss_mib_median']:.2f}x the "
+                   f"{first['rows'] / 1e6:g}M run's) | {date} | `train_scale.json` |")
+    out.append(f"| streaming loader alone (no model), synthetic-{first['rows'] / 1e6:g}M | "
+               f"{first['loader_alone']['rows_per_s_median']:,.0f} rows/s ({ts['checks']['loader_over_trainer']:.1f}x the trainer) "
+               f"| {date} | `train_scale.json` |")
+    return out
 
 
 SOURCE_LABELS = {"synthetic": "synthetic source (Parquet, own names)", "files-parquet": "`files`, Parquet, foreign names",
