@@ -42,6 +42,13 @@ def _train(launcher: list[str], cfg_path: Path, out: Path, *sets: str, popen: bo
     return done
 
 
+def _runs(uri: str) -> list:
+    """Every run in the store at ``uri`` (named explicitly: another test may have set mlflow's
+    process-wide URI)."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 def _test_auc(out: Path) -> float:
     return yaml.safe_load((out / "test_metrics.json").read_text())["test/ctr/auc"]
 
@@ -59,8 +66,7 @@ def test_two_processes_see_every_row_once_per_epoch_and_match_one_process(feed, 
         seen = pl.concat(ranks)
         assert seen.n_unique() == seen.len() == 2 * share  # no row twice
         assert seen.is_in(train_ids.implode()).all() and train_ids.len() - seen.len() == train_ids.len() % 2
-    runs = mlflow.search_runs(search_all_experiments=True)
-    assert len(runs) == 1 and (out / "model").is_dir()
+    assert len(_runs(mlflow_uri)) == 1 and (out / "model").is_dir()
     # one process with the same effective batch (2 x 256)
     single = tmp_path / "single"
     _train([sys.executable], cfg_path, single, "training.batch_size=512", "tracking.enabled=false")
@@ -82,4 +88,4 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(feed, tmp_path, mlflow
     assert proc.wait(timeout=120) != 0, "the run finished before a worker could be killed"
     done = _train(TORCHRUN, cfg_path, out, *sets)
     assert "(resumed)" in done.stderr and "8 epochs" in done.stderr
-    assert len(mlflow.search_runs(search_all_experiments=True)) == 1  # the same MLflow run continued
+    assert len(_runs(mlflow_uri)) == 1  # the same MLflow run continued
