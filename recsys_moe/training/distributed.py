@@ -47,9 +47,14 @@ def process_rank() -> int:
     return world.rank if world else 0
 
 
+def group_size() -> int:
+    """Processes in the default process group (1 outside one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def gathered(obj: T) -> list[T]:
     """``obj`` from every rank, in rank order (``[obj]`` outside a process group)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if group_size() == 1:
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)

@@ -12,7 +12,7 @@ from recsys_moe.metrics.functions import task_metrics
 from recsys_moe.metrics.names import GATE
 from recsys_moe.models import MultiTaskModel
 from recsys_moe.training.batches import Batch
-from recsys_moe.training.distributed import gathered
+from recsys_moe.training.distributed import gathered, group_size
 from recsys_moe.training.gate_diagnostics import GateAccumulator, GateSummary
 from recsys_moe.training.optim import build_optimizer
 
@@ -119,10 +119,9 @@ class MultiTaskModule(L.LightningModule):
     def gather_ranks(self) -> None:
         """Under DDP, replace this rank's validation outputs and gate sums by every rank's, so the
         metrics are exact over the whole split and equal on every rank (each validated a share)."""
-        mine = ({k: torch.cat(v) for k, v in self._val.items()}, self._gates)
-        parts = gathered(mine)
-        if len(parts) == 1:
+        if group_size() == 1:
             return
+        parts = gathered(({k: torch.cat(v) for k, v in self._val.items()}, self._gates))
         self._val = {}
         for outputs, _ in parts:
             for k, v in outputs.items():
