@@ -102,11 +102,17 @@ def _timestamp(schema: pl.Schema, spec: ImpressionFiles, where: str) -> pl.Expr:
     raise RawDataError(where, spec.columns.get("timestamp", "timestamp"), f"timestamp of type {dtype}: give epoch numbers, ISO strings or datetimes")
 
 
+def delimited_ids(col: str, separator: str) -> pl.Expr:
+    """A string column of delimited ids (``"12,7,40"``) as lists of Int64: empty entries dropped,
+    an entry that is not an integer null (callers count or drop those)."""
+    return (pl.col(col).fill_null("").str.split(separator)
+            .list.eval(pl.element().str.strip_chars().filter(pl.element() != "").cast(pl.Int64, strict=False)))
+
+
 def _to_int_list(col: str, dtype: pl.DataType | None, separator: str) -> pl.Expr | None:
     """A delimited string or a list of numbers/strings as a list of Int64 (unparseable -> null)."""
     if dtype == pl.String:
-        return (pl.col(col).fill_null("").str.split(separator)
-                .list.eval(pl.element().str.strip_chars().filter(pl.element() != "").cast(pl.Int64, strict=False)))
+        return delimited_ids(col, separator)
     if isinstance(dtype, pl.List) and not dtype.inner.is_integer():
         return pl.col(col).list.eval(pl.element().cast(pl.Int64, strict=False))
     return None

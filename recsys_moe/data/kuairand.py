@@ -39,6 +39,7 @@ import polars as pl
 
 from recsys_moe import storage
 from recsys_moe.config import KuaiRandLog
+from recsys_moe.data.files import delimited_ids
 from recsys_moe.data.schema import Column, RawDataError, check_columns
 from recsys_moe.data.tables import RawTables
 
@@ -99,10 +100,7 @@ def _numbered(log: pl.DataFrame) -> pl.DataFrame:
 def map_videos(videos: pl.DataFrame, file: str) -> pl.DataFrame:
     """Map the video table onto the raw items shape."""
     check_columns(videos.schema, _VIDEO_COLUMNS, file)
-    tags = (
-        pl.col("tag").fill_null("").str.split(",")
-        .list.eval(pl.element().str.strip_chars().filter(pl.element() != "").cast(pl.Int64, strict=False).drop_nulls())
-    )
+    tags = delimited_ids("tag", ",").list.drop_nulls()  # KuaiRand's few malformed tags are dropped
     rest = [c for c in videos.columns if c not in ("video_id", "author_id", "video_duration", "tag")]
     return videos.select(
         pl.col("video_id").cast(pl.Int64).alias("item_id"),
