@@ -61,6 +61,7 @@ KNOWN_WARNINGS = (
     # Lightning under DDP: validation metrics come from every rank's gathered predictions, so they
     # are already the same on every rank (training/distributed.py)
     r".*when logging on epoch level in distributed setting.*",
+    r".*`broadcast_buffers` is deprecated.*",  # torchrec's DMP wraps the dense layers in DDP with it
 )
 _verbose = False
 
@@ -322,12 +323,20 @@ def train_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (default: <work_dir>/train/<model.kind>).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over: delete the run folder's checkpoints instead of resuming.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show Lightning's progress bar.")] = True,
+    plan_only: Annotated[bool, typer.Option("--plan-only", help="Print torchrec's sharding plan for a cluster described by the options below, then stop (nothing is trained or allocated).")] = False,
+    world_size: Annotated[int, typer.Option("--world-size", min=1, help="--plan-only: ranks (GPUs) in all.")] = 8,
+    local_world_size: Annotated[int | None, typer.Option("--local-world-size", min=1, help="--plan-only: ranks per node (default: --world-size, up to 8).")] = None,
+    compute_device: Annotated[str, typer.Option("--compute-device", help="--plan-only: cuda or cpu.")] = "cuda",
+    device_memory_gb: Annotated[float | None, typer.Option("--device-memory-gb", min=0.001, help="--plan-only: memory per rank (default: training.sharding.device_memory_gb, else 80).")] = None,
+    table: Annotated[list[str] | None, typer.Option("--table", help="--plan-only, repeatable: NAME=ROWS or NAME=ROWSxDIM instead of the FeatureSpec's size, e.g. item=50000000x64.")] = None,
+    plan_json: Annotated[Path | None, typer.Option("--plan-json", help="--plan-only: also write the plan as JSON here.")] = None,
 ) -> None:
     """Train the configured model (MMoE by default) with Lightning and track it in MLflow.
 
     Running the same command again after an interruption resumes from the last checkpoint and
     continues the same MLflow run. The best weights land in <output>/model (state_dict + spec).
-    Under `torchrun --nproc-per-node N` it trains with DDP over N processes (gloo on CPU).
+    Under `torchrun --nproc-per-node N` it trains with DDP over N processes (gloo on CPU); with
+    training.sharding.mode auto or always, torchrec shards the embedding tables over them.
     """
     from recsys_moe.features import SpecError
     from recsys_moe.tracking import tracking_uri
@@ -336,6 +345,9 @@ def train_cmd(
     from recsys_moe.training.train import TrainError, train
 
     cfg = _load(config, overrides)
+    if plan_only:
+        _print_plan(cfg, spec_dir, world_size, local_world_size or min(world_size, 8), compute_device, device_memory_gb, table or [], plan_json)
+        return
     try:
         result = train(cfg, spec_dir=spec_dir, data_dir=data_dir, output_dir=output, resume=not fresh, progress=progress)
     except (SpecError, DataError, TrainError, ModelLoadError, OSError) as exc:
@@ -362,6 +374,37 @@ def train_cmd(
         f"MLflow run: {result.run_id or 'tracking disabled'} (`mlflow ui --backend-store-uri {tracking_uri(cfg)}`)",
         highlight=False,
     )
+
+
+def _print_plan(cfg: Config, spec_dir: Path | None, world_size: int, local_world_size: int, compute_device: str,
+                memory_gb: float | None, tables: list[str], plan_json: Path | None) -> None:
+    from torchrec.distributed.planner.types import PlannerError
+
+    from recsys_moe.atomic import replacing
+    from recsys_moe.features import SpecError
+    from recsys_moe.features.spec import FeatureSpec
+    from recsys_moe.training.sharding.plan import parse_table_size, plan_for
+    from recsys_moe.training.train import default_paths
+
+    if compute_device not in ("cuda", "cpu"):
+        fail(f"--compute-device {compute_device!r}: cuda or cpu")
+    if world_size % local_world_size:
+        fail(f"--world-size {world_size} is not a multiple of --local-world-size {local_world_size}")
+    try:
+        spec = FeatureSpec.load(spec_dir or default_paths(cfg)["spec"])
+        sizes = {name: (rows, dim) for name, rows, dim in map(parse_table_size, tables)}
+        gb = memory_gb or cfg.training.sharding.device_memory_gb or 80.0
+        summary = plan_for(cfg.model, cfg.tasks, spec, cfg.training.sharding, world_size=world_size, local_world_size=local_world_size,
+                           compute_device=compute_device, memory_bytes=int(gb * 1024**3), batch_size=cfg.training.batch_size,
+                           embedding_optimizer=cfg.training.embedding_optimizer,
+                           embedding_lr=cfg.training.embedding_learning_rate or cfg.training.learning_rate, sizes=sizes)
+    except (SpecError, ValueError, OSError, PlannerError) as exc:
+        fail(str(exc))
+        raise
+    print(summary.format())
+    if plan_json is not None:
+        with replacing(plan_json) as tmp:
+            tmp.write_text(json.dumps(summary.to_json(), indent=2))
 
 
 @app.command("tune")

@@ -462,6 +462,26 @@ class TasksConfig(_Section):
         return {t.name: t.kind for t in self.tasks}
 
 
+class ShardingConfig(_Section):
+    """Embedding tables sharded over the ranks by torchrec's ``DistributedModelParallel``
+    (:mod:`recsys_moe.training.sharding`). ``mode``: ``none`` replicates every table on every rank
+    (DDP); ``always`` shards (also in one process, so a sharded checkpoint can be resumed there);
+    ``auto`` shards when more than one process trains and a table, with its optimiser state,
+    is larger than ``table_budget_mb``."""
+
+    mode: Literal["none", "auto", "always"] = "none"
+    table_budget_mb: PositiveInt | None = None
+    """``auto``'s threshold; null: a quarter of one device's memory (GPU) or of the host memory
+    per process (CPU)."""
+    sharding_types: list[Literal["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"]] | None = None
+    """The types the planner may pick for every table (null: any it offers for the device;
+    ``row_wise`` and its kin need a GPU)."""
+    tables: dict[str, list[Literal["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"]]] = {}
+    """Per table name, the types allowed for it (over ``sharding_types``)."""
+    device_memory_gb: Annotated[float, Field(gt=0.0)] | None = None
+    """The planner's memory per device; null: the GPU's, or the host's per process on CPU."""
+
+
 class TrainingConfig(_Section):
     """Lightning Trainer and optimiser settings. ``precision: auto`` is bf16-mixed on CUDA, fp32 on CPU."""
 
@@ -497,6 +517,7 @@ class TrainingConfig(_Section):
     audit_rows: bool = False
     """Write the ``impression_id`` of every training row each rank saw, per epoch, to
     ``<run>/audit/epoch=<e>/rank=<r>.parquet`` (to check a distributed run's coverage)."""
+    sharding: ShardingConfig = ShardingConfig()
 
 
 class TrackingConfig(_Section):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+
+import torch
+
 from recsys_moe.config import ModelConfig, TasksConfig
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.models.mmoe import MMoEBody
@@ -39,18 +44,24 @@ def sparse_dispatch(model: ModelConfig, num_tasks: int) -> bool:
     return g.dispatch == "sparse" or 2 * g.capacity_factor * num_tasks * g.top_k <= model.num_experts
 
 
-def build_model(model: ModelConfig, tasks: TasksConfig, spec: FeatureSpec) -> MultiTaskModel:
+def build_model(model: ModelConfig, tasks: TasksConfig, spec: FeatureSpec, embedding_device: torch.device | str | None = None,
+                resize: Mapping[str, tuple[int, int]] | None = None) -> MultiTaskModel:
     """MMoE, PLE, SharedBottom or SingleTask with the same inputs, towers and outputs, plus the
-    optional task-specific tables (``model.task_tables``) and position tower."""
+    optional task-specific tables (``model.task_tables``) and position tower. ``embedding_device``
+    ``"meta"`` builds the tables without memory, for the planner and for torchrec's sharding to
+    allocate only each rank's shards. ``resize``: table name -> (rows, dim) instead of the
+    FeatureSpec's (to plan for a catalogue larger than the one at hand, on ``meta``)."""
+    dev = torch.device(embedding_device) if embedding_device is not None else None
     task_objs = build_tasks(tasks.tasks)
     n_tasks = len(task_objs)
-    defs = table_defs(spec)
+    defs = [replace(t, num_embeddings=resize[t.name][0], dim=resize[t.name][1]) if resize and t.name in resize else t
+            for t in table_defs(spec)]
     id_feats = [f for f in spec.features.features if f.kind != "numeric"]
     slot_feats = set(model.position_tower.features) if model.position_tower else set()
     order = [f.name for f in id_feats if f.name not in slot_feats]
     main_defs = [t for t in defs if set(t.feature_names) - slot_feats]
     n_sets = n_tasks if model.kind == "single_task" else 1
-    embeddings = [SparseEmbedding(main_defs, order, model.embedding_init_std) for _ in range(n_sets)]
+    embeddings = [SparseEmbedding(main_defs, order, model.embedding_init_std, dev) for _ in range(n_sets)]
     interaction = DotInteraction(embeddings[0].feature_dims) if model.interaction == "dot" else None
     in_dim = embeddings[0].out_dim + len(spec.dense_columns) + (interaction.out_dim if interaction else 0)
 
@@ -60,7 +71,7 @@ def build_model(model: ModelConfig, tasks: TasksConfig, spec: FeatureSpec) -> Mu
     if model.task_tables:
         own = [t for t in defs if t.name in model.task_tables]
         own_order = [f for f in order if any(f in t.feature_names for t in own)]
-        task_embeddings = [SparseEmbedding(own, own_order, model.embedding_init_std) for _ in range(n_tasks)]
+        task_embeddings = [SparseEmbedding(own, own_order, model.embedding_init_std, dev) for _ in range(n_tasks)]
         dims = task_embeddings[0].feature_dims
         task_interaction = DotInteraction(dims) if model.interaction == "dot" else None
         task_dim = task_embeddings[0].out_dim + (task_interaction.out_dim if task_interaction else 0)
@@ -87,7 +98,7 @@ def build_model(model: ModelConfig, tasks: TasksConfig, spec: FeatureSpec) -> Mu
     if model.position_tower is not None:
         pt = model.position_tower
         slot_defs = [t for t in defs if set(t.feature_names) & slot_feats]
-        slot_embedding = SparseEmbedding(slot_defs, [f.name for f in id_feats if f.name in slot_feats], model.embedding_init_std)
+        slot_embedding = SparseEmbedding(slot_defs, [f.name for f in id_feats if f.name in slot_feats], model.embedding_init_std, dev)
         position = PositionTower(slot_embedding, pt.hidden, pt.dropout)
     return MultiTaskModel(model.kind, embeddings, body, towers, task_objs, interaction, task_embeddings, task_interaction,
                           position, model.position_tower.task if model.position_tower else None, model.task_tables_cross)

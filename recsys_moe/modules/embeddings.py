@@ -36,6 +36,7 @@ class SparseEmbedding(nn.Module):
         super().__init__()
         pooling = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
         self.tables = tuple(tables)
+        self.init_std = init_std
         self.ebc = EmbeddingBagCollection(
             tables=[
                 EmbeddingBagConfig(

@@ -15,6 +15,8 @@ from recsys_moe.training.batches import Batch
 from recsys_moe.training.distributed import gathered, group_size
 from recsys_moe.training.gate_diagnostics import GateAccumulator, GateSummary
 from recsys_moe.training.optim import build_optimizer
+from recsys_moe.training.sharding.strategy import combined_optimizer
+from recsys_moe.training.sharding.wrap import is_sharded
 
 
 class MultiTaskModule(L.LightningModule):
@@ -40,13 +42,18 @@ class MultiTaskModule(L.LightningModule):
         self.train_drop_rate: dict[str, float] = {}
         """Per task, the last training epoch's share of pairs dropped by sparse dispatch."""
 
+    @property
+    def net(self) -> MultiTaskModel:
+        """The model: ``self.model`` itself, or the model inside it once sharded (DMP)."""
+        return self.model.module if is_sharded(self.model) else self.model
+
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         return self.model(batch.sparse, batch.dense)
 
     def compute_loss(self, out: dict[str, Tensor], batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         parts: dict[str, Tensor] = {}
         total = torch.zeros((), device=batch.dense.device)
-        for i, task in enumerate(self.model.tasks):
+        for i, task in enumerate(self.net.tasks):
             loss = task.loss(out[f"raw_{task.name}"], batch.labels[task.label])
             parts[f"loss_{task.name}"] = loss
             if self.log_vars is not None:
@@ -82,7 +89,7 @@ class MultiTaskModule(L.LightningModule):
         if self._train_routed is None:
             return
         rate = self._train_dropped.sum(1) / self._train_routed.sum(1).clamp_min(1)
-        self.train_drop_rate = {t: float(r) for t, r in zip(self.model.task_names, rate, strict=True)}
+        self.train_drop_rate = {t: float(r) for t, r in zip(self.net.task_names, rate, strict=True)}
         for t, r in self.train_drop_rate.items():
             self.log(f"train/{GATE}/{t}/drop_rate", r)
 
@@ -93,8 +100,8 @@ class MultiTaskModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         out = self(batch)
         total, _ = self.compute_loss(out, batch)
-        keep = {t.prediction_name: out[t.prediction_name] for t in self.model.tasks}
-        keep |= {f"label_{t.name}": batch.labels[t.label] for t in self.model.tasks}
+        keep = {t.prediction_name: out[t.prediction_name] for t in self.net.tasks}
+        keep |= {f"label_{t.name}": batch.labels[t.label] for t in self.net.tasks}
         keep["loss"] = total.detach().reshape(1).float() * len(batch)
         keep["rows"] = torch.tensor([float(len(batch))], device=total.device)
         for k, v in keep.items():
@@ -108,10 +115,10 @@ class MultiTaskModule(L.LightningModule):
             return {}, None
         cat = {k: torch.cat(v).numpy() for k, v in self._val.items()}
         metrics: dict[str, float] = {"loss": float(cat["loss"].sum() / cat["rows"].sum())}
-        for task in self.model.tasks:
+        for task in self.net.tasks:
             metrics |= task_metrics(task.cfg.kind, task.name, cat[task.prediction_name], cat[f"label_{task.name}"])
         out = {f"{prefix}{k}": v for k, v in metrics.items()}
-        summary = self._gates.summary(self.model.task_names, self.gate_cfg.collapse_threshold)
+        summary = self._gates.summary(self.net.task_names, self.gate_cfg.collapse_threshold)
         if summary is not None:
             out |= summary.metrics(prefix)
         return out, summary
@@ -142,6 +149,8 @@ class MultiTaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         cfg = self.training_cfg
+        if is_sharded(self.model):  # tables are updated by their fused optimiser, inside backward
+            return combined_optimizer(self, cfg.learning_rate, cfg.weight_decay)
         return build_optimizer(
             self.named_parameters(), cfg.learning_rate, cfg.weight_decay, cfg.embedding_optimizer,
             cfg.embedding_learning_rate or cfg.learning_rate,

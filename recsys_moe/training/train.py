@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.strategies import Strategy
 
 from recsys_moe import tracking
 from recsys_moe.atomic import replacing
@@ -49,6 +51,14 @@ from recsys_moe.training.distributed import process_rank, torchrun_world
 from recsys_moe.training.gate_diagnostics import GateSummary
 from recsys_moe.training.module import MultiTaskModule
 from recsys_moe.training.row_audit import RowAudit
+from recsys_moe.training.sharding import checkpoint as sharded_ckpt
+from recsys_moe.training.sharding.plan import (
+    PlanSummary,
+    device_memory_bytes,
+    shard_decision,
+    table_sizes,
+)
+from recsys_moe.training.sharding.strategy import TorchrecStrategy
 from recsys_moe.training.throughput import EpochThroughput
 
 log = logging.getLogger(__name__)
@@ -125,16 +135,49 @@ def _prepare_output(out: Path, cfg: Config, spec: FeatureSpec, resume: bool, wri
     return {}
 
 
-def trainer_world(cfg: Config) -> dict[str, Any]:
+def trainer_world(cfg: Config, sharded: Strategy | None = None) -> dict[str, Any]:
     """The Trainer's accelerator, devices, strategy and nodes: the config's, or under torchrun its
-    world (DDP, ``LOCAL_WORLD_SIZE`` devices per node)."""
+    world (DDP, ``LOCAL_WORLD_SIZE`` devices per node); ``sharded``: that strategy instead of DDP."""
     t = cfg.training
     world = torchrun_world()
     if world is None:
+        if sharded is not None:
+            if t.strategy == "ddp_spawn" or t.num_nodes > 1 or t.devices not in ("auto", 1):
+                raise TrainError("sharded training runs one process per device under torchrun: start it with "
+                                 "`torchrun --nproc-per-node N -m recsys_moe.cli train ...` and leave training.devices, "
+                                 "num_nodes and strategy at their defaults")
+            return {"accelerator": t.accelerator, "devices": 1, "strategy": sharded, "num_nodes": 1}
         return {"accelerator": t.accelerator, "devices": t.devices, "strategy": t.strategy, "num_nodes": t.num_nodes}
     if t.strategy == "ddp_spawn":
         raise TrainError("training.strategy ddp_spawn starts its own processes: run it without torchrun")
-    return {"accelerator": t.accelerator, "devices": world.local_world_size, "strategy": "ddp", "num_nodes": world.nodes}
+    return {"accelerator": t.accelerator, "devices": world.local_world_size, "strategy": sharded or "ddp", "num_nodes": world.nodes}
+
+
+def sharding_decision(cfg: Config, spec: FeatureSpec) -> tuple[bool, str]:
+    """Whether ``training.sharding`` shards this run's tables, and why."""
+    if cfg.training.sharding.mode == "none":
+        return False, "training.sharding.mode is none"
+    world = torchrun_world()
+    size, local = (world.world_size, world.local_world_size) if world else (1, 1)
+    device = torch.device("cuda") if cfg.training.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else torch.device("cpu")
+    tables = table_sizes(build_model(cfg.model, cfg.tasks, spec, embedding_device="meta"))
+    memory = device_memory_bytes(cfg.training.sharding, device, local)
+    shard, why = shard_decision(cfg.training.sharding, tables, size, memory, cfg.training.embedding_optimizer)
+    if shard and device.type == "cpu" and cfg.training.embedding_optimizer == "adam":
+        raise TrainError("sharded tables on CPU: FBGEMM's CPU kernels have no fused Adam; set "
+                         "training.embedding_optimizer: adagrad (or train on GPUs)")
+    return shard, why
+
+
+def _sharded_strategy(cfg: Config, reason: str, out: Path) -> TorchrecStrategy:
+    t = cfg.training
+
+    def report(plan: PlanSummary) -> None:
+        print(plan.format(), file=sys.stderr)
+        _write_json(out / "sharding_plan.json", plan.to_json())
+
+    return TorchrecStrategy(t.sharding, t.batch_size, t.embedding_optimizer, t.embedding_learning_rate or t.learning_rate,
+                            cfg.experiment.seed, reason, on_plan=report)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -161,7 +204,7 @@ def train(
     out = Path(output_dir or paths["output"])
     rank = process_rank()
     last = out / "checkpoints" / "last.ckpt"
-    resumed = resume and last.is_file()  # looked at before rank 0 may empty the folder
+    resumed = resume and last.exists()  # looked at before rank 0 may empty the folder (a sharded one is a folder)
     state = _prepare_output(out, cfg, spec, resume, write=rank == 0)
     resumed = resumed and bool(state)  # a checkpoint without its run's state is not resumed
     L.seed_everything(cfg.experiment.seed, workers=True, verbose=False)
@@ -171,8 +214,10 @@ def train(
     t = cfg.training
     dm = FeatureDataModule(data_dir or paths["data"], spec, t.batch_size, t.eval_batch_size, cfg.experiment.seed,
                            t.data_mode, t.memory_budget_mb, t.shuffle_buffer_rows)
-    model = build_model(cfg.model, cfg.tasks, spec)
+    shard, why = sharding_decision(cfg, spec)
+    model = build_model(cfg.model, cfg.tasks, spec, embedding_device="meta" if shard else None)
     module = MultiTaskModule(model, cfg.tasks, cfg.training, cfg.model.gate)
+    sharded = _sharded_strategy(cfg, why, out) if shard else None
 
     run_id = state.get("run_id")
     logger: Any = False
@@ -211,7 +256,7 @@ def train(
     if cfg.training.early_stopping_patience:
         cbs.append(L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg.training.early_stopping_patience))
     trainer = L.Trainer(
-        **trainer_world(cfg), precision=resolve_precision(cfg), max_epochs=cfg.training.max_epochs,
+        **trainer_world(cfg, sharded), precision=resolve_precision(cfg), max_epochs=cfg.training.max_epochs,
         gradient_clip_val=cfg.training.gradient_clip_val or None, callbacks=cbs, logger=logger,
         default_root_dir=out, enable_progress_bar=progress, enable_model_summary=False,
         log_every_n_steps=cfg.training.log_every_n_steps, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
@@ -229,8 +274,13 @@ def train(
                            data_mode=dm.data_mode)
 
     best = checkpoint.best_model_path or str(last)
-    ckpt = torch.load(best, map_location="cpu", weights_only=True)
-    module.load_state_dict(ckpt["state_dict"])
+    if sharded is not None:  # the whole model from the shards every rank saved: what export and scoring take
+        model = build_model(cfg.model, cfg.tasks, spec)
+        module = MultiTaskModule(model, cfg.tasks, cfg.training, cfg.model.gate)
+        sharded_ckpt.load_weights(best, module)
+    else:
+        ckpt = torch.load(best, map_location="cpu", weights_only=True)
+        module.load_state_dict(ckpt["state_dict"])
     module.to("cpu")
     calibration = fit_calibration(model, dm.loader("validation", sharded=False))
     validation, gates = evaluate(module, dm.loader("validation", sharded=False), "val/")
@@ -249,6 +299,8 @@ def train(
                                   "model": model_dir, "metrics": out / "validation_metrics.json"}
     if test:
         artifacts["metrics/test"] = out / "test_metrics.json"
+    if sharded is not None and sharded.plan_summary is not None:
+        artifacts["sharding_plan"] = out / "sharding_plan.json"
     if gates is not None:
         gates.warn_collapse()
         artifacts["gates"] = gates.heatmap(out / "gate_heatmap.png", f"{cfg.experiment.name} {cfg.model.kind}: mean gate weight (validation)")
@@ -257,6 +309,9 @@ def train(
     if cfg.tracking.enabled and run_id is not None:
         c = tracking.client(cfg)
         fitted = {f"calibration/{t}/{k}": v for t, maps in calibration.items() for k, v in maps.items()}
+        if sharded is not None and sharded.plan_summary is not None:
+            for t in sharded.plan_summary.tables:
+                c.log_param(run_id, f"sharding/{t.module}/{t.table}", f"{t.sharding_type} ranks {t.ranks}")
         for k, v in {**{f"best/{k}": v for k, v in validation.items()}, **test, **fitted}.items():
             if v == v:  # skip NaN
                 c.log_metric(run_id, k, v, step=trainer.global_step)
