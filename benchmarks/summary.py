@@ -102,6 +102,7 @@ def summary() -> str:
     out.append(f"| training, KuaiRand, MMoE 4 experts [64] (the former default), batch 4,096 | "
                f"{_train_rate(train4k['splits']['issue']):,.0f} samples/s | {train4k['date']} | `train_kuairand_bs4096.json` |")
     out += _train_scale_rows()
+    out += _sharding_rows()
     for r in features["results"]:
         out.append(f"| `features transform`, {r['dataset']} | {r['rows_per_s_median']:,.0f} rows/s, "
                    f"peak RSS {r['peak_rss_mib_median']:,.0f} MiB | {features['date']} | `features.json` |")
@@ -148,6 +149,22 @@ def _train_scale_rows() -> list[str]:
     out.append(f"| streaming loader alone (no model), synthetic-{first['rows'] / 1e6:g}M | "
                f"{first['loader_alone']['rows_per_s_median']:,.0f} rows/s ({ts['checks']['loader_over_trainer']:.1f}x the trainer) "
                f"| {date} | `train_scale.json` |")
+    return out
+
+
+def _sharding_rows() -> list[str]:
+    """Replicated against sharded tables as they grow, 2 processes on this CPU (sharding.json)."""
+    if not (RESULTS / "sharding.json").is_file():
+        return []
+    sh = _load("sharding.json")
+    sizes = sh["sizes"] if len(sh["sizes"]) < 3 else [sh["sizes"][0], sh["sizes"][-1]]
+    out = []
+    for size in sizes:
+        ddp, dmp = size["ddp"], size["dmp"]
+        out.append(f"| training steps, 2 processes (gloo), user and item tables {size['rows_per_table'] / 1e6:g}M x {size['dim']} "
+                   f"each: replicated (DDP) / sharded table-wise (DMP) | {ddp['samples_per_s_median']:,.0f} / "
+                   f"{dmp['samples_per_s_median']:,.0f} samples/s, largest rank {ddp['peak_rss_mib_max_rank_median']:,.0f} / "
+                   f"{dmp['peak_rss_mib_max_rank_median']:,.0f} MiB | {sh['date']} | `sharding.json` |")
     return out
 
 

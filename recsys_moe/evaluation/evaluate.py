@@ -93,7 +93,7 @@ def load_predictor(cfg: Config, model: str, cache: Path, providers: str = "auto"
         if model.startswith("models:/") or path.suffix == ".onnx":
             resolved = resolve(cfg, model, cache / f"model-{abs(hash(model))}", precision)
             return OnnxPredictor.load(resolved.onnx_path, resolved.spec_dir, resolved.label, providers, exponents, resolved.cost_path)
-        if (path.suffix == ".ckpt" and path.is_file()) or (path / "model.json").is_file():
+        if (path.suffix == ".ckpt" and path.exists()) or (path / "model.json").is_file():
             return TorchPredictor.load(path, exponents=exponents)
     except (RegistryError, contract.ContractError, PredictError) as exc:
         raise EvaluationError(str(exc)) from exc

@@ -73,8 +73,9 @@ class TorchPredictor:
 
     @classmethod
     def load(cls, path: str | Path, label: str | None = None, exponents: Mapping[str, float] | None = None) -> TorchPredictor:
-        """``path``: a model folder, or a ``.ckpt`` whose run folder holds ``model/`` (its weights
-        with the run's calibration, which was fitted for the best checkpoint)."""
+        """``path``: a model folder, or a ``.ckpt`` (file, or a sharded run's folder) whose run
+        folder holds ``model/`` (its weights with the run's calibration, which was fitted for the
+        best checkpoint)."""
         import torch
 
         from recsys_moe.training.artifacts import ModelLoadError, load_model
@@ -84,8 +85,13 @@ class TorchPredictor:
             if path.suffix == ".ckpt":
                 model, spec, meta = load_model(path.parent.parent / "model")
                 try:
-                    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-                    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+                    if path.is_dir():  # a sharded run's checkpoint (torch.distributed.checkpoint), read whole here
+                        from recsys_moe.training.sharding.checkpoint import read_model_state
+
+                        state = read_model_state(path, model)
+                    else:
+                        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
                     # a checkpoint is the training state: it keeps the run's calibration (model/)
                     state |= {k: v for k, v in model.state_dict().items() if k.startswith("calibration_")}
                     model.load_state_dict(state)

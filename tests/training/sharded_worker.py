@@ -25,14 +25,13 @@ from recsys_moe.models import build_model
 from recsys_moe.training.datamodule import FeatureDataModule
 from recsys_moe.training.module import MultiTaskModule
 from recsys_moe.training.sharding import checkpoint as sharded_ckpt
-from recsys_moe.training.sharding.plan import dense_bytes, make_planner, table_sizes
+from recsys_moe.training.sharding.plan import dense_bytes, make_planner, run_planner, table_sizes
 from recsys_moe.training.sharding.wrap import (
     fuse_table_optimizer,
     load_full_state,
     load_module_state,
     local_shards,
     shard_model,
-    sharders,
 )
 
 
@@ -52,7 +51,7 @@ def _sharded_module(cfg, spec) -> MultiTaskModule:
     fuse_table_optimizer(model, t.embedding_optimizer, t.embedding_learning_rate or t.learning_rate)
     world = dist.get_world_size()
     planner = make_planner(t.sharding, table_sizes(model), world, world, "cpu", 8 * 1024**3, t.batch_size, dense_bytes(model))
-    plan = planner.collective_plan(model, sharders(), dist.GroupMember.WORLD)
+    plan = run_planner(planner, model, dist.GroupMember.WORLD)
     module = MultiTaskModule(model, cfg.tasks, t, cfg.model.gate)
     module.model = shard_model(model, plan, torch.device("cpu"), cfg.experiment.seed)
     return module.eval()

@@ -81,6 +81,13 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> None:
     module.load_state_dict(state["state_dict"])
 
 
+def read_model_state(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """The checkpoint's weights for ``model`` (an unsharded MultiTaskModel), as its state_dict."""
+    state = {"state_dict": {f"model.{k}": v.clone() for k, v in model.state_dict().items()}}
+    load_tensors(path, state, no_dist=True)
+    return {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+
+
 def remove(path: str | Path) -> None:
     if _rank() == 0:
         shutil.rmtree(path, ignore_errors=True)

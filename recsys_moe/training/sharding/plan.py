@@ -10,6 +10,7 @@ every rank gets the same plan) and a hypothetical one (``recsys-moe train --plan
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -100,6 +101,28 @@ DENSE_STATE_FACTOR = 4
 """Dense parameters, their gradients and Adam's two moments."""
 RESERVED_SHARE = 0.15
 """Of each rank's memory, kept for activations, input batches and the allocator (torchrec's default)."""
+
+
+class _NoSpecNotice(logging.Filter):
+    """torchrec warns on the root logger for every data-parallel table that it has no sharding
+    spec; a data-parallel table has none by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Sharding spec not found")
+
+
+def run_planner(planner: Any, model: nn.Module, group: Any = None) -> Any:
+    """``planner``'s plan for ``model``: collective (rank 0 plans, every rank receives it) when a
+    process ``group`` is given, else computed here."""
+    notice = _NoSpecNotice()
+    root = logging.getLogger()
+    root.addFilter(notice)
+    try:
+        if group is not None:
+            return planner.collective_plan(model, sharders(), group)
+        return planner.plan(model, sharders())
+    finally:
+        root.removeFilter(notice)
 
 
 def dense_bytes(model: nn.Module) -> int:
@@ -253,5 +276,5 @@ def plan_for(model_cfg: ModelConfig, tasks_cfg: TasksConfig, spec: FeatureSpec, 
     fuse_table_optimizer(model, embedding_optimizer, embedding_lr)
     tables = table_sizes(model)
     planner = make_planner(sharding, tables, world_size, local_world_size, compute_device, memory_bytes, batch_size, dense_bytes(model))
-    plan = planner.plan(model, sharders())
+    plan = run_planner(planner, model)
     return summarize(plan, model, world_size, compute_device, memory_bytes, "--plan-only: computed, not run", embedding_optimizer)

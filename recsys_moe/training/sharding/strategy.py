@@ -34,6 +34,7 @@ from recsys_moe.training.sharding.plan import (
     dense_bytes,
     device_memory_bytes,
     make_planner,
+    run_planner,
     summarize,
     table_sizes,
 )
@@ -42,7 +43,6 @@ from recsys_moe.training.sharding.wrap import (
     is_sharded,
     load_module_state,
     shard_model,
-    sharders,
 )
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class TorchrecStrategy(DDPStrategy):
         memory = device_memory_bytes(self.sharding, device, self.num_processes)
         fuse_table_optimizer(model, self.embedding_optimizer, self.embedding_lr)
         planner = make_planner(self.sharding, tables, self.world_size, self.num_processes, compute, memory, self.batch_size, dense_bytes(model))
-        plan = planner.collective_plan(model, sharders(), dist.GroupMember.WORLD)
+        plan = run_planner(planner, model, dist.GroupMember.WORLD)
         self.plan_summary = summarize(plan, model, self.world_size, compute, memory, self.reason, self.embedding_optimizer)
         if self.global_rank == 0:
             log.info("%s", self.plan_summary.format())
