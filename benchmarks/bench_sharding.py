@@ -38,6 +38,7 @@ CONFIG = "configs/synthetic.yaml"
 DIM = 64
 HISTORY = 20
 PLAN_ROWS = (10_000_000, 50_000_000, 200_000_000, 1_000_000_000)
+FAILURES: list[dict] = []
 
 
 def _batch(spec, rows: dict[str, int], tasks, batch_size: int, gen):
@@ -124,6 +125,7 @@ def worker(mode: str, rows: int, spec_dir: str, steps: int, out: str) -> None:
     dist.all_gather_object(gathered, {"rank": rank, "peak_rss_mib": rss, "step_s_median": statistics.median(times)})
     if rank == 0:
         Path(out).write_text(json.dumps(gathered))
+    dist.barrier()  # every rank done before the group goes: a rank leaving early can hang the other's teardown
     dist.destroy_process_group()
 
 
@@ -131,9 +133,19 @@ def run(mode: str, rows: int, spec_dir: Path, steps: int, batch_size: int, tmp: 
     out = tmp / f"{mode}-{rows}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__,
            "--worker", mode, "--rows", str(rows), "--spec", str(spec_dir), "--steps", str(steps), "--worker-out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} at {rows:,} rows failed:\n{proc.stderr[-4000:]}")
+    for attempt in range(2):  # a crashed run is retried once and recorded (FAILURES)
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                  timeout=900)
+            if proc.returncode == 0:
+                break
+            tail = proc.stderr[-1500:]
+        except subprocess.TimeoutExpired as exc:
+            tail = f"timed out after {exc.timeout:.0f} s"
+        FAILURES.append({"mode": mode, "rows": rows, "attempt": attempt, "stderr_tail": tail})
+        print(f"{mode} at {rows:,} rows failed (attempt {attempt + 1}):\n{tail}", flush=True)
+    else:
+        raise SystemExit(f"{mode} at {rows:,} rows failed twice")
     ranks = json.loads(out.read_text())
     step = max(r["step_s_median"] for r in ranks)
     return {"samples_per_s": 2 * batch_size / step, "peak_rss_mib_per_rank": [r["peak_rss_mib"] for r in ranks]}
@@ -197,7 +209,8 @@ def main() -> None:
             sizes.append(entry)
     write_results(args.out, {"benchmark": "sharding", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "config": CONFIG,
                              "world_size": 2, "backend": "gloo", "batch_size": batch_size, "steps": args.steps,
-                             "repeats": args.repeats, "sizes": sizes, "plans_8x80gb": plans})
+                             "repeats": args.repeats, "sizes": sizes, "plans_8x80gb": plans,
+                             "failed_attempts": FAILURES})
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ def main(config: str, spec_dir: str, data_dir: str, ckpt: str, out: str) -> None
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(
         {"rank": rank, "fresh": fresh, "restored": restored_diff, "restored_vs_fresh": moved, "tables": tables, "rows": len(batch)}))
+    dist.barrier()  # every rank done before the group goes: a rank leaving early can hang the other's teardown
     dist.destroy_process_group()
 
 
