@@ -11,7 +11,12 @@ its parts (Polars, the same codec), one part per core at a time. That is the bes
 machine if reading, replaying and mapping cost nothing. Prints a table and writes
 benchmarks/results/features.json.
 
-    python benchmarks/bench_features.py [--sizes 1000000 10000000] [--repeats 3] [--no-kuairand]
+With ``--engines local ray`` (the default when Ray is installed) each synthetic size is also
+transformed with ``--engine ray`` (``transform.partitions`` 2, a Ray instance the command starts
+here): rows/s, and the peak RSS and CPU seconds of the driver and every Ray process together. On
+two cores this measures Ray's overhead, not its scale.
+
+    python benchmarks/bench_features.py [--sizes 1000000 10000000] [--repeats 3] [--no-kuairand] [--engines local ray]
 """
 
 from __future__ import annotations
@@ -30,31 +35,46 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import machine, run_cli, write_results  # noqa: E402
+from common import machine, run_cli, run_cli_tree, write_results  # noqa: E402
 
 from recsys_moe.features.transform import PARQUET_COMPRESSION  # noqa: E402
 
 KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
 
 
-def bench(name: str, config: str, sets: list[str], rows: int, repeats: int, tmp: Path) -> dict:
+def _has_ray() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bench(name: str, config: str, sets: list[str], rows: int, repeats: int, tmp: Path, engines: tuple[str, ...] = ("local",)) -> dict:
     spec = tmp / f"{name}-spec"
     common = ["-c", config, *[x for s in sets for x in ("--set", s)]]
     run_cli("features", "fit", *common, "-o", str(spec))
-    runs = []
-    for _ in range(repeats):
-        run = run_cli("features", "transform", *common, "--spec", str(spec), "-o", str(tmp / f"{name}-out"), "--overwrite")
-        runs.append({"seconds": run.seconds, "rows_per_s": rows / run.seconds, "peak_rss_mib": run.peak_rss_mib,
-                     "cpu_s_per_m_rows": run.cpu_s / rows * 1e6})
-    res = {
-        "dataset": name, "rows": rows,
-        "rows_per_s_median": statistics.median(r["rows_per_s"] for r in runs),
-        "peak_rss_mib_median": statistics.median(r["peak_rss_mib"] for r in runs),
-        "cpu_s_per_m_rows_median": statistics.median(r["cpu_s_per_m_rows"] for r in runs),
-        "runs": runs,
-    }
-    print(f"{name:>16} {rows:>12,} rows  {res['rows_per_s_median']:>10,.0f} rows/s  peak RSS {res['peak_rss_mib_median']:,.0f} MiB"
-          f"  {res['cpu_s_per_m_rows_median']:.2f} CPU-s per 1M rows", flush=True)
+    res: dict = {"dataset": name, "rows": rows}
+    for engine in engines:
+        runs = []
+        for _ in range(repeats):
+            cmd = ["features", "transform", *common, "--spec", str(spec), "-o", str(tmp / f"{name}-{engine}-out"), "--overwrite",
+                   "--engine", engine]
+            run = run_cli(*cmd) if engine == "local" else run_cli_tree(*cmd, "--set", "transform.partitions=2")
+            runs.append({"seconds": run.seconds, "rows_per_s": rows / run.seconds, "peak_rss_mib": run.peak_rss_mib,
+                         "cpu_s_per_m_rows": run.cpu_s / rows * 1e6})
+        block = {
+            "rows_per_s_median": statistics.median(r["rows_per_s"] for r in runs),
+            "peak_rss_mib_median": statistics.median(r["peak_rss_mib"] for r in runs),
+            "cpu_s_per_m_rows_median": statistics.median(r["cpu_s_per_m_rows"] for r in runs),
+            "runs": runs,
+        }
+        if engine == "local":
+            res |= block
+        else:
+            res[engine] = block
+        print(f"{name:>16} {engine:>5} {rows:>12,} rows  {block['rows_per_s_median']:>10,.0f} rows/s  peak RSS "
+              f"{block['peak_rss_mib_median']:,.0f} MiB  {block['cpu_s_per_m_rows_median']:.2f} CPU-s per 1M rows", flush=True)
     return res
 
 
@@ -97,6 +117,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-kuairand", action="store_true")
+    ap.add_argument("--engines", nargs="+", choices=["local", "ray"], default=["local", "ray"] if _has_ray() else ["local"])
     ap.add_argument("--floor-rows", type=int, default=2_000_000, help="rows of output the encoder floor rewrites")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/features.json")
     args = ap.parse_args()
@@ -107,9 +128,9 @@ def main() -> None:
             raw = tmp / f"raw-{rows}"
             sets = [f"data.synthetic.num_impressions={rows}", f"data.raw_dir={raw}"]
             run_cli("data", "synth", "-c", "configs/synthetic.yaml", *[x for s in sets for x in ("--set", s)])
-            results.append(bench(f"synthetic-{rows / 1e6:g}M", "configs/synthetic.yaml", sets, rows, args.repeats, tmp))
+            results.append(bench(f"synthetic-{rows / 1e6:g}M", "configs/synthetic.yaml", sets, rows, args.repeats, tmp, tuple(args.engines)))
         largest = results[-1]["dataset"] if results else None
-        floor = encoder_floor(tmp / f"{largest}-out", args.floor_rows, args.repeats, tmp) if largest else None
+        floor = encoder_floor(tmp / f"{largest}-local-out", args.floor_rows, args.repeats, tmp) if largest else None
         if not args.no_kuairand and KUAIRAND.is_dir():
             results.append(bench("kuairand", "configs/kuairand.yaml", [f"data.kuairand.path={KUAIRAND}"], 171_671, args.repeats, tmp))
     payload = {"benchmark": "features_transform", "machine": machine(), "date": time.strftime("%Y-%m-%d"),

@@ -6,7 +6,14 @@ check, then time `recsys-moe score` over every raw impression in fresh processes
 enrichment, ONNX Runtime, Parquet IO and process start included). Median of --repeats runs;
 writes benchmarks/results/score.json.
 
-    python benchmarks/bench_score.py [--sizes 1000000 10000000] [--repeats 3] [--no-kuairand]
+With ``--engines local ray`` (the default when Ray is installed) the synthetic sizes are also
+scored with ``--engine ray`` on a Ray instance the command starts on this machine (one
+input-feature actor and one scoring actor, each on one CPU): rows/s, and the peak RSS and CPU
+seconds of the driver and every Ray process together. On two cores this measures Ray's
+overhead, not its scale; the CPU seconds per row give the paper estimate of the cores that score
+1B rows a day within one hour.
+
+    python benchmarks/bench_score.py [--sizes 1000000 10000000] [--repeats 3] [--no-kuairand] [--engines local ray]
 """
 
 from __future__ import annotations
@@ -21,9 +28,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import machine, run_cli, write_results  # noqa: E402
+from common import machine, run_cli, run_cli_tree, write_results  # noqa: E402
 
 KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
+DAILY_ROWS, WITHIN_S = 1_000_000_000, 3600
+
+
+def _has_ray() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -32,6 +48,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-rows", type=int, default=100_000)
     ap.add_argument("--no-kuairand", action="store_true")
+    ap.add_argument("--engines", nargs="+", choices=["local", "ray"], default=["local", "ray"] if _has_ray() else ["local"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/score.json")
     args = ap.parse_args()
     import pyarrow.parquet as pq
@@ -52,17 +69,27 @@ def main() -> None:
         model = build_model(cfg.model, cfg.tasks, spec).eval()
         export_onnx(model, spec, work / "export/model.onnx", pq.read_table(work / "features/data/test").slice(0, 5000))
         spec.save(work / "export/feature_spec")
-        runs = []
-        for _ in range(args.repeats):
-            run = run_cli("score", "-c", config, *flags, "--model", str(work / "export/model.onnx"),
-                          "--input", str(impressions), "--output", str(work / "scores"),
-                          "--overwrite", "--batch-rows", str(args.batch_rows))
-            shutil.rmtree(work / "scores")  # else the next run would skip every finished part
-            runs.append({"seconds": run.seconds, "rows_per_s": rows / run.seconds, "peak_rss_mib": run.peak_rss_mib})
-        res = {"dataset": name, "rows": rows,
-               "rows_per_s_median": statistics.median(r["rows_per_s"] for r in runs),
-               "peak_rss_mib_median": statistics.median(r["peak_rss_mib"] for r in runs), "runs": runs}
-        print(f"{name:>16}: {res['rows_per_s_median']:,.0f} rows/s, peak RSS {res['peak_rss_mib_median']:,.0f} MiB", flush=True)
+        res: dict = {"dataset": name, "rows": rows}
+        for engine in args.engines if name.startswith("synthetic") else ["local"]:
+            runs = []
+            for _ in range(args.repeats):
+                cmd = ["score", "-c", config, *flags, "--model", str(work / "export/model.onnx"), "--input", str(impressions),
+                       "--output", str(work / "scores"), "--overwrite", "--batch-rows", str(args.batch_rows), "--engine", engine]
+                run = run_cli(*cmd) if engine == "local" else run_cli_tree(*cmd)
+                shutil.rmtree(work / "scores")  # else the next run would skip every finished part
+                runs.append({"seconds": run.seconds, "rows_per_s": rows / run.seconds, "peak_rss_mib": run.peak_rss_mib,
+                             "cpu_s": run.cpu_s})
+            block = {"rows_per_s_median": statistics.median(r["rows_per_s"] for r in runs),
+                     "peak_rss_mib_median": statistics.median(r["peak_rss_mib"] for r in runs),
+                     "rows_per_cpu_s_median": statistics.median(rows / r["cpu_s"] for r in runs), "runs": runs}
+            block["cores_for_1b_rows_in_1h"] = DAILY_ROWS / WITHIN_S / block["rows_per_cpu_s_median"]
+            if engine == "local":
+                res |= block
+            else:
+                res["ray"] = block
+            print(f"{name:>16} {engine:>5}: {block['rows_per_s_median']:,.0f} rows/s, peak RSS {block['peak_rss_mib_median']:,.0f} MiB, "
+                  f"{block['rows_per_cpu_s_median']:,.0f} rows per CPU-second -> {block['cores_for_1b_rows_in_1h']:.1f} cores "
+                  "for 1B rows in an hour", flush=True)
         return res
 
     results = []

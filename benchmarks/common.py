@@ -65,3 +65,66 @@ def run_cli(*args: str) -> CliRun:
         raise SystemExit(f"recsys-moe {' '.join(args)} failed:\n{proc.stderr}")
     tagged = dict(line.split("=", 1) for line in proc.stderr.splitlines() if line.startswith("RECSYS_") and "=" in line)
     return CliRun(secs, int(tagged["RECSYS_MAXRSS_KB"]) / 1024.0, float(tagged["RECSYS_CPU_S"]), proc.stderr)
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and every process below it, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _rss_and_cpu(pid: int) -> tuple[int, float] | None:
+    """(resident KiB, CPU seconds so far) of one process, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            rss = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def run_cli_tree(*args: str, interval_s: float = 0.2) -> CliRun:
+    """Like :func:`run_cli`, for commands that start other processes (Ray's head, raylet and
+    workers): peak RSS is the largest sum of the resident sets of the command and every process
+    below it, sampled every ``interval_s``; CPU is the sum over those processes of the last CPU
+    time seen (a process's final fraction of a sample interval is missed)."""
+    cmd = [sys.executable, "-m", "recsys_moe.cli", *args]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak_kib, cpu = 0, {}
+    stderr_chunks: list[str] = []
+    import threading
+
+    reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        total = 0
+        for pid in _tree(proc.pid):
+            seen = _rss_and_cpu(pid)
+            if seen is not None:
+                total += seen[0]
+                cpu[pid] = seen[1]
+        peak_kib = max(peak_kib, total)
+        time.sleep(interval_s)
+    secs = time.perf_counter() - start
+    reader.join()
+    stderr = "".join(stderr_chunks)
+    if proc.returncode != 0:
+        raise SystemExit(f"recsys-moe {' '.join(args)} failed:\n{stderr[-4000:]}")
+    return CliRun(secs, peak_kib / 1024.0, sum(cpu.values()), stderr)

@@ -105,13 +105,13 @@ def summary() -> str:
     out += _sharding_rows()
     for r in features["results"]:
         out.append(f"| `features transform`, {r['dataset']} | {r['rows_per_s_median']:,.0f} rows/s, "
-                   f"peak RSS {r['peak_rss_mib_median']:,.0f} MiB | {features['date']} | `features.json` |")
+                   f"peak RSS {r['peak_rss_mib_median']:,.0f} MiB{_ray_figures(r)} | {features['date']} | `features.json` |")
     at4k = next(r for r in onnx["results"] if r["batch_size"] == 4096)
     out.append(f"| ONNX Runtime session, KuaiRand MMoE, 4,096 rows (model only) | {at4k['ort_tuned']:,.0f} rows/s "
                f"({at4k['ort_tuned_over_torch_torchrec']:.2f}x the torchrec model) | {onnx['date']} | `onnx.json` |")
     for r in score["results"]:
         out.append(f"| `score` end to end, {r['dataset']} | {r['rows_per_s_median']:,.0f} rows/s, "
-                   f"peak RSS {r['peak_rss_mib_median']:,.0f} MiB | {score['date']} | `score.json` |")
+                   f"peak RSS {r['peak_rss_mib_median']:,.0f} MiB{_ray_figures(r)} | {score['date']} | `score.json` |")
     secs = evaluate["median_seconds"]
     out.append(f"| `evaluate` (ONNX), {evaluate['rows']:,} rows, every metric and report | {secs['evaluate_onnx']:.1f} s "
                f"({evaluate['ratio_to_two_scorings']['evaluate_onnx']:.2f}x scoring them twice) | {evaluate['date']} | `evaluate.json` |")
@@ -120,7 +120,6 @@ def summary() -> str:
                f"| {synthetic['date']} | `synthetic_quality.json` |")
     out += _sources_rows()
     out += _compression_brief()
-    out += _sizing_rows()
     out += ["", END]
     return "\n".join(out)
 
@@ -128,7 +127,7 @@ def summary() -> str:
 def details() -> str:
     """The studies and per-configuration tables for docs/benchmarks.md."""
     rows = _whole_model_rows(_load("experts.json")) if (RESULTS / "experts.json").is_file() else []
-    return "\n".join([DETAILS_START, *_study_rows(), *_experts_rows(), *rows, *_compression_rows(), "", DETAILS_END])
+    return "\n".join([DETAILS_START, *_study_rows(), *_experts_rows(), *rows, *_compression_rows(), *_sizing_rows(), "", DETAILS_END])
 
 
 def _train_scale_rows() -> list[str]:
@@ -150,6 +149,16 @@ def _train_scale_rows() -> list[str]:
                f"{first['loader_alone']['rows_per_s_median']:,.0f} rows/s ({ts['checks']['loader_over_trainer']:.1f}x the trainer) "
                f"| {date} | `train_scale.json` |")
     return out
+
+
+def _ray_figures(result: dict) -> str:
+    """The Ray engine's figures beside the local one's, when the benchmark ran it."""
+    ray = result.get("ray")
+    if not ray:
+        return ""
+    cores = f"; {ray['cores_for_1b_rows_in_1h']:.0f} cores for 1B rows in an hour" if "cores_for_1b_rows_in_1h" in ray else ""
+    return (f"; Ray engine on the same 2 cores: {ray['rows_per_s_median']:,.0f} rows/s, {ray['peak_rss_mib_median']:,.0f} MiB "
+            f"with its processes{cores}")
 
 
 def _sharding_rows() -> list[str]:

@@ -21,10 +21,15 @@ from recsys_moe.serving.scoring import ScoreSummary, ScoringError, input_files, 
 
 def run(cfg: Config, model: str, input_path: str | Path, output: str | Path | None = None, state_dir: str | Path | None = None,
         batch_rows: int = 100_000, providers: str = "auto", overwrite: bool = False, precision: str = "fp32",
-        on_start: Callable[[int], None] | None = None, on_rows: Callable[[int], None] | None = None) -> ScoreSummary:
+        on_start: Callable[[int], None] | None = None, on_rows: Callable[[int], None] | None = None,
+        engine: str | None = None) -> ScoreSummary:
     """Score every row of ``input_path`` (a Parquet file, folder or glob, local or an
     object-store URI) once into ``output`` (likewise); ``on_start`` gets the input's row count
-    before scoring starts."""
+    before scoring starts. ``engine`` (default ``scoring.engine``): ``local`` scores in this
+    process, ``ray`` on Ray Data (:mod:`recsys_moe.serving.ray_scoring`)."""
+    engine = engine or cfg.scoring.engine
+    if engine not in ("local", "ray"):
+        raise ScoringError(f"engine {engine!r}: local or ray")
     layout = WorkDir.of(cfg)
     files = input_files(input_path)
     if on_start is not None:
@@ -40,5 +45,9 @@ def run(cfg: Config, model: str, input_path: str | Path, output: str | Path | No
         if state_dir is None:
             found = layout.find_state(FeatureSpec.load(resolved.spec_dir).content_hash)
             state_dir, origin = (found.path, found.origin) if found else (None, None)
-        return score(cfg, resolved, files, output or layout.scores_dir, state_dir,
-                     batch_rows=batch_rows, providers=providers, overwrite=overwrite, on_rows=on_rows, state_origin=origin)
+        if engine == "ray":
+            from recsys_moe.serving.ray_scoring import score_on_ray as scorer
+        else:
+            scorer = score
+        return scorer(cfg, resolved, files, output or layout.scores_dir, state_dir,
+                      batch_rows=batch_rows, providers=providers, overwrite=overwrite, on_rows=on_rows, state_origin=origin)

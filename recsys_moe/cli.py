@@ -276,8 +276,12 @@ def features_transform(
     spec_dir: Annotated[Path | None, typer.Option("--spec", help="FeatureSpec directory (default: <work_dir>/features/spec).")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Output directory or s3:// (gs://, abfs://) prefix (default: <work_dir>/features/data).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
+    engine: Annotated[str | None, typer.Option("--engine", help="local (one process) or ray (tasks per user and item partition, then per day; transform.*); default: transform.engine.")] = None,
 ) -> None:
-    """Write model-ready Parquet for the train/validation/test windows; print rows and OOV/null rates."""
+    """Write model-ready Parquet for the train/validation/test windows; print rows and OOV/null rates.
+
+    The same output with either engine: --engine ray spreads the replay over a Ray cluster
+    (transform.ray.address) or a Ray instance started on this machine."""
     from recsys_moe.data.raw import load_raw
     from recsys_moe.data.schema import RawDataError
     from recsys_moe.features import FeatureError, FeatureSpec, SpecError, transform
@@ -292,11 +296,21 @@ def features_transform(
         raw = load_raw(cfg.data, unique_ids=False)  # ids are checked day by day: memory stays flat
         last = cfg.split.test.end
         n_days = sum(1 for d in days_in_log(raw) if d <= last)
+        engine = engine or cfg.transform.engine
+        if engine not in ("local", "ray"):
+            fail(f"--engine {engine!r}: local or ray")
         with progress_bar() as bar:
-            summary = transform(
-                raw, spec, cfg.split, out, on_day=_day_progress(bar, n_days, "transforming"), overwrite=overwrite,
-                chunk_rows=cfg.features.chunk_rows,
-            )
+            if engine == "ray":
+                from recsys_moe.features.ray_transform import transform_on_ray
+
+                t = cfg.transform
+                summary = transform_on_ray(cfg, spec, out, t.partitions, t.ray.address, t.ray.num_cpus, overwrite=overwrite,
+                                           chunk_rows=cfg.features.chunk_rows, on_day=_day_progress(bar, n_days, "transforming on Ray"))
+            else:
+                summary = transform(
+                    raw, spec, cfg.split, out, on_day=_day_progress(bar, n_days, "transforming"), overwrite=overwrite,
+                    chunk_rows=cfg.features.chunk_rows,
+                )
     except (RawDataError, FeatureError, SpecError, OSError) as exc:  # OSError: a missing file, a full disk, ...
         fail(str(exc))
         raise
@@ -583,6 +597,7 @@ def score_cmd(
     providers: Annotated[str, typer.Option("--providers", help="auto (TensorRT, CUDA, CPU by availability), tensorrt, cuda or cpu.")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="For a models:/ URI: fp32, fp16 or int8 (the version's copy of that precision).")] = "fp32",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output folder that holds other scores.")] = False,
+    engine: Annotated[str | None, typer.Option("--engine", help="local (this process) or ray (Ray Data actors; scoring.ray.*); default: scoring.engine.")] = None,
 ) -> None:
     """Score raw impressions with an exported model on ONNX Runtime; resumable, atomic parts.
 
@@ -611,7 +626,8 @@ def score_cmd(
                 bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - start):,.0f} rows/s")
 
             summary = run(cfg, model, input_path, output, state_dir=state_dir, batch_rows=batch_rows, providers=providers,
-                          precision=precision, overwrite=overwrite, on_start=lambda total: bar.update(task, total=total), on_rows=on_rows)
+                          precision=precision, overwrite=overwrite, on_start=lambda total: bar.update(task, total=total), on_rows=on_rows,
+                          engine=engine)
     except (ScoringError, SpecError, RawDataError, ModelFileError, OSError) as exc:
         fail(str(exc))
         raise

@@ -613,6 +613,46 @@ class PromotionConfig(_Section):
         return bool(metric_names.higher_is_better(self.metric))
 
 
+class RayScoringConfig(_Section):
+    """``scoring.engine: ray``: Ray Data streams the input through two pools of actors, one that
+    computes model inputs (users, items and history state loaded once per actor) and one that
+    holds an ONNX Runtime session and writes the parts."""
+
+    address: str | None = None
+    """Null: a Ray instance started inside the job on this machine; ``auto`` or
+    ``ray://<head>:10001``: a running cluster (``ray start --head``)."""
+    feature_actors: PositiveInt = 1
+    scoring_actors: PositiveInt = 1
+    num_cpus: Annotated[float, Field(gt=0.0)] = 1.0
+    """CPUs reserved per actor (both pools); also the ONNX Runtime threads of a CPU scoring actor."""
+    num_gpus: Annotated[float, Field(ge=0.0)] = 0.0
+    """GPUs per scoring actor (1: one session per GPU; Ray sets ``CUDA_VISIBLE_DEVICES``)."""
+
+
+class RayTransformConfig(_Section):
+    address: str | None = None
+    """Null: a Ray instance started inside the job; ``auto`` or ``ray://<head>:10001``: a cluster."""
+    num_cpus: Annotated[float, Field(gt=0.0)] = 1.0
+    """CPUs reserved per task."""
+
+
+class TransformConfig(_Section):
+    """``recsys-moe features transform``: ``engine`` local (one process) or ray (the replay split
+    by user and by item hash into ``partitions`` Ray tasks each, then one task per day;
+    recsys_moe/features/ray_transform.py). The output is the same either way."""
+
+    engine: Literal["local", "ray"] = "local"
+    partitions: PositiveInt = 4
+    ray: RayTransformConfig = RayTransformConfig()
+
+
+class ScoringConfig(_Section):
+    """``recsys-moe score``: ``engine`` local (this process) or ray (``scoring.ray``)."""
+
+    engine: Literal["local", "ray"] = "local"
+    ray: RayScoringConfig = RayScoringConfig()
+
+
 class PipelineConfig(_Section):
     """The scheduled pipeline (``recsys-moe pipeline run``)."""
 
@@ -678,6 +718,8 @@ class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     export: ExportConfig = ExportConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    transform: TransformConfig = TransformConfig()
+    scoring: ScoringConfig = ScoringConfig()
     pipeline: PipelineConfig = PipelineConfig()
     tuning: TuningConfig = TuningConfig()
 

@@ -78,7 +78,15 @@ class ResumableParts:
         """Write part ``name`` whole (:func:`~recsys_moe.storage.write_parquet`), then record it
         in the manifest."""
         storage.write_parquet(frame, storage.join(self.output, name))
-        self.manifest["parts"][name] = frame.height
+        self.record(name, frame.height)
+
+    def part_path(self, name: str) -> storage.Location:
+        return storage.join(self.output, name)
+
+    def record(self, name: str, rows: int) -> None:
+        """Record part ``name``, written whole by someone else (another process of the job), in
+        the manifest."""
+        self.manifest["parts"][name] = rows
         self._save()
 
     def finish(self, **extra: Any) -> int:

@@ -8,14 +8,14 @@
 #
 #   VENV=.venv          where to install
 #   RECSYS_DEVICE=auto  auto | cpu | cuda   (auto: cuda when nvidia-smi sees a GPU)
-#   EXTRAS=dev          extras of the project to install ("" for a runtime-only install)
+#   EXTRAS=dev,ray      extras of the project to install ("" for a runtime-only install; ray: the Ray engine)
 set -euo pipefail
 
 VENV="${VENV:-.venv}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 DEVICE="${RECSYS_DEVICE:-auto}"
-EXTRAS="${EXTRAS-dev}"
+EXTRAS="${EXTRAS-dev,ray}"
 TORCH_VERSION=2.13.0
 FBGEMM_VERSION=1.8.0
 TORCHREC_VERSION=1.8.0

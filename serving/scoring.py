@@ -97,12 +97,12 @@ def input_rows(path: storage.Location) -> int:
 
 
 def fingerprint(files: list[storage.Location], onnx_path: Path, spec_hash: str, batch_rows: int,
-                feature_files: list[storage.Location]) -> str:
+                feature_files: list[storage.Location], scheme: str = "read_batches") -> str:
     """What a finished part depends on: the input files, the model's bytes (a label such as
     ``models:/name@champion`` or a file path stays the same when the model behind it changes), the
-    spec, the files features are read from (users, items, history state) and the batching."""
-    # "read_batches" names the batching scheme: a part file is only reused by the same one
-    h = hashlib.sha256(f"{spec_hash}|{batch_rows}|read_batches".encode())
+    spec, the files features are read from (users, items, history state) and the batching
+    (``scheme`` names how rows are cut into parts: a part file is only reused by the same one)."""
+    h = hashlib.sha256(f"{spec_hash}|{batch_rows}|{scheme}".encode())
     with open(onnx_path, "rb") as model:
         h.update(hashlib.file_digest(model, "sha256").digest())
     for f in [*files, *feature_files]:
@@ -195,15 +195,33 @@ def check_model(session: Session, spec: FeatureSpec, cfg: Config, where: Path) -
         raise ScoringError(str(exc)) from exc
 
 
-def score(
+@dataclass
+class ScoringJob:
+    """What both engines share once the inputs are checked: the model, its spec, the candidates'
+    converter, the users' and items' tables and the output folder (resumable parts)."""
+
+    cfg: Config
+    model: ResolvedModel
+    files: list[storage.Location]
+    spec: FeatureSpec
+    session: Session
+    to_raw: Callable[[pl.DataFrame, str], pl.DataFrame] | None
+    raw: RawTables
+    state_dir: storage.Location | None
+    parts: ResumableParts
+    summary: ScoreSummary
+    batch_rows: int
+    started: float
+
+
+def open_job(
     cfg: Config, model: ResolvedModel, files: list[storage.Location], output: storage.Location,
-    state_dir: storage.Location | None = None,
-    batch_rows: int = 100_000, providers: str = "auto", overwrite: bool = False,
-    on_rows: Callable[[int], None] | None = None, state_origin: str | None = None,
-) -> ScoreSummary:
-    """Score every row of ``files`` once into ``output``; history features from ``state_dir``
-    (a saved :class:`HistoryState`), or from the source's prior history when it is None. Input,
-    output and state may be object-store URIs."""
+    state_dir: storage.Location | None, batch_rows: int, providers: str, overwrite: bool, state_origin: str | None,
+    scheme: str, load_state: bool = True,
+) -> tuple[ScoringJob, HistoryState | None]:
+    """Check the model against its spec and the config, the inputs and the state, and open the
+    output folder for the parts of ``scheme`` (how input rows are cut into parts: a part is only
+    reused by the same scheme). Returns the job and, with ``load_state``, the history state."""
     start = time.perf_counter()
     output = storage.location(output)
     spec = FeatureSpec.load(model.spec_dir)
@@ -218,7 +236,7 @@ def score(
     # the saved history loads on a thread while the user and item tables are read (both mostly
     # release the GIL: Parquet and CSV decoding)
     with ThreadPoolExecutor(1, thread_name_prefix="state") as loader:
-        loading = loader.submit(HistoryState.load, state_dir) if state_dir is not None else None
+        loading = loader.submit(HistoryState.load, state_dir) if state_dir is not None and load_state else None
         # Only users and items are joined; the training log itself is not read (nor validated).
         raw = load_raw(cfg.data, validate=False)
         validate_users(raw.users, raw.files.get("users", "users"))
@@ -226,11 +244,12 @@ def score(
         check_input(files, spec, raw, to_raw, names)
         raw = joined_columns_only(raw, spec.features)
         state = loading.result() if loading is not None else None
-    if state is not None:
+    if state_dir is not None:
         summary.state_source = f"{state_dir}" + (f" ({state_origin})" if state_origin else "")
     else:
-        hist = spec.features.history
-        state = initial_state(raw, hist.max_len, hist.long_watch_s)
+        if load_state:
+            hist = spec.features.history
+            state = initial_state(raw, hist.max_len, hist.long_watch_s)
         summary.state_source = "the source's prior history only"
         summary.notes.append(
             f"no saved history state for FeatureSpec {spec.content_hash} (run `recsys-moe features transform` "
@@ -239,12 +258,64 @@ def score(
         )
     feature_files = [f for t in ("users", "items") for f in raw.inputs.get(t, [])]
     feature_files += storage.files_below(state_dir) if state_dir is not None else raw.inputs.get("history", [])
-    fp = fingerprint(files, model.onnx_path, spec.content_hash, batch_rows, feature_files)
+    fp = fingerprint(files, model.onnx_path, spec.content_hash, batch_rows, feature_files, scheme)
     try:
         parts = ResumableParts(output, fp, {"model": model.label, "spec_hash": spec.content_hash, "batch_rows": batch_rows,
                                             "inputs": [str(f) for f in files]}, overwrite=overwrite)
     except PartsError as exc:
         raise ScoringError(str(exc)) from exc
+    job = ScoringJob(cfg, model, files, spec, session, to_raw, raw, state_dir, parts, summary, batch_rows, start)
+    return job, state
+
+
+def finish_job(job: ScoringJob, last_ts_ms: int | None) -> ScoreSummary:
+    """Mark the output complete and add the notes a finished job reports."""
+    summary = job.summary
+    if summary.rows == 0:
+        raise ScoringError(f"{', '.join(map(str, job.files[:3]))}: the input has no rows")
+    if summary.rows_before_state and last_ts_ms is not None:
+        end = dt.datetime.fromtimestamp(last_ts_ms / 1000, dt.UTC).isoformat(timespec="seconds")
+        summary.notes.append(
+            f"{summary.rows_before_state:,} scored rows are earlier than the history state's last event ({end}): "
+            "their history features and counters include later events, possibly their own outcomes, so do not "
+            "measure these scores against the rows' labels (`recsys-moe evaluate` does that point in time)"
+        )
+    job.parts.finish()
+    summary.seconds = time.perf_counter() - job.started
+    return summary
+
+
+def rows_before(rows: pl.DataFrame, last_ts_ms: int | None) -> int:
+    """Rows earlier than the history state's last event (their features saw later events)."""
+    if last_ts_ms is None:
+        return 0
+    ms = pl.col(contract.TIMESTAMP).dt.cast_time_unit("ms").cast(pl.Int64)
+    return rows.select((ms < last_ts_ms).sum()).item()
+
+
+def output_keys(rows: pl.DataFrame) -> pl.DataFrame:
+    """The columns a score row keeps from its input row."""
+    return rows.select([c for c in (contract.IMPRESSION_ID, *contract.SCORING_KEY_COLUMNS) if c in rows.columns])
+
+
+def scored_frame(keys: pl.DataFrame, predictions: list[np.ndarray], output_names: list[str], label: str) -> pl.DataFrame:
+    """A part's rows: the input's keys, one column per model output, the model's label."""
+    return keys.with_columns(*[pl.Series(n, p) for n, p in zip(output_names, predictions, strict=True)],
+                             pl.lit(label).alias(MODEL_VERSION))
+
+
+def score(
+    cfg: Config, model: ResolvedModel, files: list[storage.Location], output: storage.Location,
+    state_dir: storage.Location | None = None,
+    batch_rows: int = 100_000, providers: str = "auto", overwrite: bool = False,
+    on_rows: Callable[[int], None] | None = None, state_origin: str | None = None,
+) -> ScoreSummary:
+    """Score every row of ``files`` once into ``output``; history features from ``state_dir``
+    (a saved :class:`HistoryState`), or from the source's prior history when it is None. Input,
+    output and state may be object-store URIs."""
+    job, state = open_job(cfg, model, files, output, state_dir, batch_rows, providers, overwrite, state_origin, "read_batches")
+    assert state is not None
+    session, parts, summary, raw, spec, to_raw = job.session, job.parts, job.summary, job.raw, job.spec, job.to_raw
     task_outputs = session.output_names
 
     def prepare(batch: pa.RecordBatch) -> tuple[pl.DataFrame, dict]:
@@ -252,11 +323,8 @@ def score(
         rows = pl.from_arrow(pa.Table.from_batches([batch]))
         if to_raw is not None:
             rows = to_raw(rows, "scoring input")
-        if state.last_ts_ms is not None:
-            ms = pl.col(contract.TIMESTAMP).dt.cast_time_unit("ms").cast(pl.Int64)
-            summary.rows_before_state += rows.select((ms < state.last_ts_ms).sum()).item()
-        keep = [c for c in (contract.IMPRESSION_ID, *contract.SCORING_KEY_COLUMNS) if c in rows.columns]
-        return rows.select(keep), candidates.result().inputs(rows)
+        summary.rows_before_state += rows_before(rows, state.last_ts_ms)
+        return output_keys(rows), candidates.result().inputs(rows)
 
     def unfinished() -> Iterator[tuple[str, pa.RecordBatch, bool]]:
         """(part name, slice of its rows, whether the slice is the part's last) for every part
@@ -294,25 +362,12 @@ def score(
             part_preds.append(session.run(feeds))
             if not last:
                 continue
-            out = pl.concat(part_keys).with_columns(
-                *[pl.Series(n, np.concatenate([p[j] for p in part_preds])) for j, n in enumerate(task_outputs)],
-                pl.lit(model.label).alias(MODEL_VERSION),
-            )
+            out = scored_frame(pl.concat(part_keys), [np.concatenate([p[j] for p in part_preds]) for j in range(len(task_outputs))],
+                               task_outputs, model.label)
             part_keys, part_preds = [], []
             parts.write(name, out)
             summary.parts += 1
             summary.rows += out.height
             if on_rows:
                 on_rows(out.height)
-    if summary.rows == 0:
-        raise ScoringError(f"{', '.join(map(str, files[:3]))}: the input has no rows")
-    if summary.rows_before_state:
-        end = dt.datetime.fromtimestamp(state.last_ts_ms / 1000, dt.UTC).isoformat(timespec="seconds")
-        summary.notes.append(
-            f"{summary.rows_before_state:,} scored rows are earlier than the history state's last event ({end}): "
-            "their history features and counters include later events, possibly their own outcomes, so do not "
-            "measure these scores against the rows' labels (`recsys-moe evaluate` does that point in time)"
-        )
-    parts.finish()
-    summary.seconds = time.perf_counter() - start
-    return summary
+    return finish_job(job, state.last_ts_ms)

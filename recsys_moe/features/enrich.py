@@ -67,7 +67,7 @@ def days_in_log(raw: RawTables) -> list[dt.date]:
     return days.to_list()
 
 
-def _day_bounds(dtype: pl.Datetime, day: dt.date) -> tuple[pl.Expr, pl.Expr]:
+def day_bounds(dtype: pl.Datetime, day: dt.date) -> tuple[pl.Expr, pl.Expr]:
     tz = ZoneInfo(dtype.time_zone) if dtype.time_zone else None
     start = dt.datetime.combine(day, dt.time(), tzinfo=tz)
     end = start + dt.timedelta(days=1)
@@ -128,7 +128,7 @@ def _enriched_days(
     for day in days_in_log(raw):
         if last_day and day > last_day:
             break
-        lo, hi = _day_bounds(dtype, day)
+        lo, hi = day_bounds(dtype, day)
         day_rows = (
             raw.impressions.filter((pl.col("timestamp") >= lo) & (pl.col("timestamp") < hi))
             .collect()

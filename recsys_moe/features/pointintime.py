@@ -307,12 +307,8 @@ class HistoryState:
 
     def save(self, directory: storage.Location) -> None:
         """Write the state to a local folder or an object-store prefix (``state.json`` last)."""
-        storage.makedirs(directory)
-        storage.write_parquet(self.user_hist, storage.join(directory, "user_hist.parquet"))
-        storage.write_parquet(self.counts_frame("user"), storage.join(directory, "user_counts.parquet"))
-        storage.write_parquet(self.counts_frame("item"), storage.join(directory, "item_counts.parquet"))
-        meta = {"max_len": self.max_len, "long_watch_s": self.long_watch_s, "last_ts_ms": self.last_ts_ms}
-        storage.write_text(storage.join(directory, STATE_FILE), json.dumps(meta))
+        save_state_frames(directory, self.max_len, self.long_watch_s, self.last_ts_ms, self.user_hist,
+                          self.counts_frame("user"), self.counts_frame("item"))
 
     @classmethod
     def load(cls, directory: storage.Location) -> HistoryState:
@@ -329,6 +325,18 @@ class HistoryState:
             counts.clicks[rows] = frame["clicks"].to_numpy()
             counts.watch[rows] = frame["watch"].to_numpy()
         return state
+
+
+def save_state_frames(directory: storage.Location, max_len: int, long_watch_s: float, last_ts_ms: int | None,
+                      user_hist: pl.DataFrame, user_counts: pl.DataFrame, item_counts: pl.DataFrame) -> None:
+    """A state's files from its tables (each sorted by id), ``state.json`` last: what
+    :meth:`HistoryState.save` writes, and what a partitioned replay assembles from its parts."""
+    storage.makedirs(directory)
+    storage.write_parquet(user_hist, storage.join(directory, "user_hist.parquet"))
+    storage.write_parquet(user_counts, storage.join(directory, "user_counts.parquet"))
+    storage.write_parquet(item_counts, storage.join(directory, "item_counts.parquet"))
+    meta = {"max_len": max_len, "long_watch_s": long_watch_s, "last_ts_ms": last_ts_ms}
+    storage.write_text(storage.join(directory, STATE_FILE), json.dumps(meta))
 
 
 def _counter_columns(who: str, imps: np.ndarray, clicks: np.ndarray, watch: np.ndarray) -> list[pl.Series]:
