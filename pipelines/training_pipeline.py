@@ -104,8 +104,16 @@ class _Run:
         from recsys_moe.features import FeatureSpec, transform
 
         spec = FeatureSpec.load(self.layout.spec_dir)
-        summary = transform(self._raw(), spec, self.cfg.split, self.layout.features_dir, overwrite=True,
-                            chunk_rows=self.cfg.features.chunk_rows)
+        t = self.cfg.transform
+        if t.engine == "ray":
+            from recsys_moe.features.ray_transform import transform_on_ray
+
+            self._raw()  # validated on load, as on the local path (Ray tasks read it again themselves)
+            summary = transform_on_ray(self.cfg, spec, self.layout.features_dir, t.partitions, t.ray.address, t.ray.num_cpus,
+                                       overwrite=True, chunk_rows=self.cfg.features.chunk_rows)
+        else:
+            summary = transform(self._raw(), spec, self.cfg.split, self.layout.features_dir, overwrite=True,
+                                chunk_rows=self.cfg.features.chunk_rows)
         return {"rows_in": summary.rows_in, "rows_out": summary.rows_out}
 
     def train(self) -> dict[str, Any]:
@@ -151,6 +159,9 @@ class _Run:
 
     def score(self) -> dict[str, Any]:
         from recsys_moe.serving.scoring import input_files, score
+
+        if self.cfg.scoring.engine == "ray":
+            from recsys_moe.serving.ray_scoring import score_on_ray as score
 
         ev = self.log.outputs("evaluate")
         version = self.log.outputs("export")["version"] if ev["promote"] else ev["champion_before"]

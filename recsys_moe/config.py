@@ -646,6 +646,10 @@ class TransformConfig(_Section):
     ray: RayTransformConfig = RayTransformConfig()
 
 
+ENGINE_SECTIONS = ("transform", "scoring")
+"""Config sections that choose where a job runs, not what it computes."""
+
+
 class ScoringConfig(_Section):
     """``recsys-moe score``: ``engine`` local (this process) or ray (``scoring.ray``)."""
 
@@ -786,8 +790,10 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
     def content_hash(self) -> str:
-        """Stable short hash of the resolved config."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Stable short hash of the resolved config, less the engine sections (``transform``,
+        ``scoring``): where a job runs changes none of its outputs, so it does not re-key a
+        pipeline run or a training resume."""
+        blob = json.dumps({k: v for k, v in self.to_dict().items() if k not in ENGINE_SECTIONS}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

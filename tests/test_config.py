@@ -83,6 +83,10 @@ def test_content_hash_changes_with_config():
     b = load_config(None, ["experiment.seed=1"])
     assert a.content_hash() == load_config(None).content_hash()
     assert a.content_hash() != b.content_hash()
+    # where a job runs changes none of its outputs
+    engines = load_config(None, ["scoring.engine=ray", "transform.engine=ray", "transform.partitions=8"])
+    assert engines.content_hash() == a.content_hash()
+    assert load_config(None, ["training.sharding.mode=always"]).content_hash() != a.content_hash()
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -309,9 +309,9 @@ def train(
     if cfg.tracking.enabled and run_id is not None:
         c = tracking.client(cfg)
         fitted = {f"calibration/{t}/{k}": v for t, maps in calibration.items() for k, v in maps.items()}
-        if sharded is not None and sharded.plan_summary is not None:
+        if sharded is not None and sharded.plan_summary is not None:  # tags: a resumed run may have another world
             for t in sharded.plan_summary.tables:
-                c.log_param(run_id, f"sharding/{t.module}/{t.table}", f"{t.sharding_type} ranks {t.ranks}")
+                c.set_tag(run_id, f"sharding/{t.module}/{t.table}", f"{t.sharding_type} ranks {t.ranks}")
         for k, v in {**{f"best/{k}": v for k, v in validation.items()}, **test, **fitted}.items():
             if v == v:  # skip NaN
                 c.log_metric(run_id, k, v, step=trainer.global_step)

@@ -15,15 +15,8 @@ from recsys_moe.features import fit, transform
 from recsys_moe.features.ray_transform import transform_on_ray
 from tests.conftest import ROOT
 
-ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
+pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 def _split(folder: Path) -> pl.DataFrame:

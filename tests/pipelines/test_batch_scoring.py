@@ -28,6 +28,7 @@ from recsys_moe.pipelines.batch_scoring import run as score
 from recsys_moe.serving import scoring
 from recsys_moe.serving.scoring import ScoringError
 from recsys_moe.training.batches import ColumnarSplit
+from tests.conftest import export_random_model
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -36,12 +37,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(small_features, tmp_path_factory):
     cfg, spec = small_features
-    torch.manual_seed(3)
-    model = build_model(ModelConfig(), TasksConfig(), spec).eval()
-    out = tmp_path_factory.mktemp("export")
-    export_onnx(model, spec, out / "model.onnx", pq.read_table(cfg.experiment.work_dir / "features/data/validation"))
-    spec.save(out / "feature_spec")
-    return cfg, spec, model, out / "model.onnx"
+    model, onnx_path = export_random_model(cfg, spec, tmp_path_factory.mktemp("export"), seed=3)
+    return cfg, spec, model, onnx_path
 
 
 def candidates(cfg) -> Path:

@@ -165,3 +165,16 @@ def test_airflow_dag_lists_the_pipeline_steps_in_order():
         pytest.skip("Airflow is not installed: the DAG's graph is not built here")
     dag = module.build_dag()
     assert [t.task_id for t in dag.topological_sort()] == list(STEPS)
+
+
+def test_the_pipeline_transforms_and_scores_on_ray_when_configured(raw_dir, tmp_path, mlflow_uri, local_ray):
+    cfg = _cfg(tmp_path, raw_dir, "transform.engine=ray", "transform.partitions=2", "transform.ray.num_cpus=0.5",
+               "scoring.engine=ray", "scoring.ray.num_cpus=0.5")
+    run = run_pipeline(cfg)
+    assert run.ran == list(STEPS)
+    (path,) = Path(cfg.experiment.work_dir).glob("pipeline/*/features/data/MANIFEST.json")
+    assert json.loads(path.read_text())["engine"] == "ray (2 partitions)"
+    assert "on Ray" in run.output("score", "provider")
+    scores = pl.read_parquet(Path(run.output("score", "output")) / "*.parquet")
+    day = pl.read_parquet(raw_dir / "impressions" / f"date={cfg.split.test.end}" / "*.parquet")
+    assert scores.height == day.height and set(scores["impression_id"]) == set(day["impression_id"])

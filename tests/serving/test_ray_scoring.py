@@ -12,17 +12,14 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-import torch
 import yaml
 
-from recsys_moe.config import ModelConfig, TasksConfig
-from recsys_moe.export.onnx_export import export_onnx
-from recsys_moe.models import build_model
 from recsys_moe.pipelines.batch_scoring import run as score
 from recsys_moe.serving.ray_scoring import read_rows, row_ranges
 from recsys_moe.serving.scoring import ScoringError
+from tests.conftest import export_random_model
 
-ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
+pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = ["scoring.ray.num_cpus=0.5"]  # two pools of one actor on 2 CPUs leave Ray Data room to schedule
@@ -30,23 +27,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def exported(small_features, tmp_path_factory):
     cfg, spec = small_features
-    torch.manual_seed(5)
-    model = build_model(ModelConfig(), TasksConfig(), spec).eval()
-    out = tmp_path_factory.mktemp("export")
-    export_onnx(model, spec, out / "model.onnx", pq.read_table(cfg.experiment.work_dir / "features/data/validation"))
-    spec.save(out / "feature_spec")
+    _, onnx_path = export_random_model(cfg, spec, tmp_path_factory.mktemp("export"), seed=5)
     ray_cfg = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={
         "ray": cfg.scoring.ray.model_copy(update={"num_cpus": 0.5})})})
-    return ray_cfg, out / "model.onnx"
+    return ray_cfg, onnx_path
 
 
 def _impressions(cfg) -> Path:

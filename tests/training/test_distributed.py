@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import build_small_features
+from tests.conftest import feed_config_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -22,13 +22,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def feed(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
-    cfg, _ = build_small_features(tmp, "data.synthetic.num_impressions=60000", "data.synthetic.num_users=1000",
-                                  "data.synthetic.num_items=600", "training.data_mode=stream",
-                                  "training.shuffle_buffer_rows=5000", "training.batch_size=256", "training.max_epochs=3",
-                                  "training.accelerator=cpu", "training.num_threads=1")
-    path = tmp / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    cfg, _, path = feed_config_file(tmp_path_factory.mktemp("ddp"), "ddp", "training.data_mode=stream",
+                                    "training.shuffle_buffer_rows=5000", "training.max_epochs=3")
     return cfg, path
 
 

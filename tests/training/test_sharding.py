@@ -13,7 +13,6 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-import yaml
 
 from recsys_moe.config import load_config
 from recsys_moe.evaluation.predict import TorchPredictor
@@ -22,7 +21,7 @@ from recsys_moe.models import build_model
 from recsys_moe.training.artifacts import load_model
 from recsys_moe.training.sharding import checkpoint as sharded_ckpt
 from recsys_moe.training.sharding.plan import table_sizes
-from tests.conftest import build_small_features
+from tests.conftest import feed_config_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -31,15 +30,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def feed(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sharded")
-    cfg, spec = build_small_features(
-        tmp, "data.synthetic.num_impressions=60000", "data.synthetic.num_users=1000", "data.synthetic.num_items=600",
-        "training.batch_size=256", "training.accelerator=cpu", "training.num_threads=1", "training.max_epochs=8",
-        "training.early_stopping_patience=0", "training.embedding_optimizer=adagrad", "training.sharding.mode=always",
-        "training.sharding.sharding_types=[table_wise]")
-    path = tmp / "sharded.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_dict()))
-    return cfg, spec, path
+    return feed_config_file(tmp_path_factory.mktemp("sharded"), "sharded", "training.max_epochs=8", "training.early_stopping_patience=0",
+                            "training.embedding_optimizer=adagrad", "training.sharding.mode=always",
+                            "training.sharding.sharding_types=[table_wise]")
 
 
 def _command(launcher: list[str], cfg_path: Path, out: Path) -> list[str]:
@@ -77,6 +70,10 @@ def test_sharded_training_resumes_in_one_process_restores_into_two_and_exports(f
     assert "(resumed)" in done.stderr and "8 epochs" in done.stderr
     assert json.loads((out / "sharding_plan.json").read_text())["world_size"] == 1
     assert len(_history(mlflow_uri, "val/loss")) == 8  # one MLflow run across both launches
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.tags["sharding/embeddings.0.ebc/item"].startswith("table_wise ranks [0]")  # the last launch's plan
+    assert "sharding_plan/sharding_plan.json" in {a.path for a in client.list_artifacts(run.info.run_id, "sharding_plan")}
     train_loss = _history(mlflow_uri, "train/loss")
     assert sum(train_loss[-10:]) / 10 < sum(train_loss[:3]) / 3  # the loss fell
 
