@@ -182,7 +182,8 @@ class ScoreParts:
             storage.write_parquet(frame, storage.join(self.output, str(name)))
             names.append(str(name))
             rows.append(frame.height)
-        return {"name": np.array(names), "rows": np.array(rows), "before_state": np.asarray(batch["before_state"], dtype=np.int64)}
+        return {"name": np.array(names), "rows": np.array(rows), "before_state": np.asarray(batch["before_state"], dtype=np.int64),
+                "provider": np.array([self.session.provider] * len(names))}
 
 
 def _connect(address: str | None) -> bool:
@@ -232,7 +233,6 @@ def score_on_ray(
         finally:
             if started:
                 ray.shutdown()
-        summary.provider = f"{summary.provider} on Ray ({rc.scoring_actors} scoring actor(s), {rc.num_gpus:g} GPU each)"
     return finish_job(job, state_ts)
 
 
@@ -252,11 +252,15 @@ def _run(ray: Any, cfg: Config, job: Any, todo: list[Part], state_dir: storage.L
         fn_constructor_kwargs={"model_bytes": model_bytes, "output": str(job.parts.output), "label": job.model.label,
                                "providers": providers, "threads": threads},
     )
+    seen: set[str] = set()
     for row in data.iter_rows():
+        seen.add(str(row["provider"]))
         job.parts.record(str(row["name"]), int(row["rows"]))
         job.summary.parts += 1
         job.summary.rows += int(row["rows"])
         job.summary.rows_before_state += int(row["before_state"])
         if on_rows:
             on_rows(int(row["rows"]))
+    # the actors' providers, not the driver's (a GPU actor runs CUDA where the driver has none)
+    job.summary.provider = f"{', '.join(sorted(seen))} on Ray ({rc.scoring_actors} scoring actor(s), {rc.num_gpus:g} GPU each)"
     log.info("scored %d parts on Ray (pid %d)", len(todo), os.getpid())
