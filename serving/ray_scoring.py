@@ -223,7 +223,7 @@ def score_on_ray(
         summary.rows += done
         if on_rows:
             on_rows(done)
-    state_ts = HistoryState.load(state_dir).last_ts_ms if state_dir is not None and todo else None
+    state_ts = HistoryState.last_event_ms(state_dir) if state_dir is not None else None  # (the actors load the state)
     if todo:
         started = _connect(rc.address)
         try:

@@ -310,6 +310,11 @@ class HistoryState:
         save_state_frames(directory, self.max_len, self.long_watch_s, self.last_ts_ms, self.user_hist,
                           self.counts_frame("user"), self.counts_frame("item"))
 
+    @staticmethod
+    def last_event_ms(directory: storage.Location) -> int | None:
+        """The saved state's last event time, read from its ``state.json`` alone."""
+        return json.loads(storage.read_text(storage.join(directory, STATE_FILE)))["last_ts_ms"]
+
     @classmethod
     def load(cls, directory: storage.Location) -> HistoryState:
         meta = json.loads(storage.read_text(storage.join(directory, STATE_FILE)))

@@ -84,15 +84,24 @@ def replay_side(cfg: Config, spec: FeatureSpec, side: str, partition: int, parti
                      history=history, files=raw.files)
     hist = spec.features.history
     replay = Replay(part, initial_state(part, hist.max_len, hist.long_watch_s), chunk_rows, joins=False)
-    by_day: dict[dt.date, list[pl.DataFrame]] = {}
+    current: dt.date | None = None
+    frames: list[pl.DataFrame] = []
+
+    def flush() -> None:  # one day's columns at a time: memory follows a day, not the log
+        if frames:
+            storage.write_parquet(pl.concat(frames), storage.join(scratch, side, f"day={current}", f"part-{partition:05d}.parquet"))
+            frames.clear()
+
     for day, chunk in replay.days(last_day=last_day):
-        by_day.setdefault(day, []).append(chunk.select("impression_id", *[c for c in columns if c in chunk.columns]))
-    for day, frames in by_day.items():
-        storage.write_parquet(pl.concat(frames), storage.join(scratch, side, f"day={day}", f"part-{partition:05d}.parquet"))
+        if day != current:
+            flush()
+            current = day
+        frames.append(chunk.select("impression_id", *[c for c in columns if c in chunk.columns]))
+    flush()
     state = replay.state
-    frames = {"user_hist": state.user_hist, "user_counts": state.counts_frame("user")} if side == "user" else \
+    tables = {"user_hist": state.user_hist, "user_counts": state.counts_frame("user")} if side == "user" else \
         {"item_counts": state.counts_frame("item")}
-    return {"frames": frames, "last_ts_ms": state.last_ts_ms}
+    return {"frames": tables, "last_ts_ms": state.last_ts_ms}
 
 
 def map_days(cfg: Config, spec: FeatureSpec, days: list[tuple[dt.date, str, int]], scratch: str, out_dir: str,
