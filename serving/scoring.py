@@ -200,17 +200,14 @@ class ScoringJob:
     """What both engines share once the inputs are checked: the model, its spec, the candidates'
     converter, the users' and items' tables and the output folder (resumable parts)."""
 
-    cfg: Config
     model: ResolvedModel
     files: list[storage.Location]
     spec: FeatureSpec
     session: Session
     to_raw: Callable[[pl.DataFrame, str], pl.DataFrame] | None
     raw: RawTables
-    state_dir: storage.Location | None
     parts: ResumableParts
     summary: ScoreSummary
-    batch_rows: int
     started: float
 
 
@@ -264,7 +261,7 @@ def open_job(
                                             "inputs": [str(f) for f in files]}, overwrite=overwrite)
     except PartsError as exc:
         raise ScoringError(str(exc)) from exc
-    job = ScoringJob(cfg, model, files, spec, session, to_raw, raw, state_dir, parts, summary, batch_rows, start)
+    job = ScoringJob(model, files, spec, session, to_raw, raw, parts, summary, start)
     return job, state
 
 
