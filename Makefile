@@ -35,6 +35,7 @@ bench: install
 	$(PY) benchmarks/bench_synthetic_quality.py
 	$(PY) benchmarks/bench_onnx.py
 	$(PY) benchmarks/bench_score.py
+	$(PY) benchmarks/bench_sharding.py
 	$(PY) benchmarks/bench_evaluate.py
 
 clean:
