@@ -35,19 +35,11 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import machine, run_cli, run_cli_tree, write_results  # noqa: E402
+from common import has_ray, machine, run_cli, run_cli_tree, write_results  # noqa: E402
 
 from recsys_moe.features.transform import PARQUET_COMPRESSION  # noqa: E402
 
 KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
-
-
-def _has_ray() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def bench(name: str, config: str, sets: list[str], rows: int, repeats: int, tmp: Path, engines: tuple[str, ...] = ("local",)) -> dict:
@@ -117,7 +109,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-kuairand", action="store_true")
-    ap.add_argument("--engines", nargs="+", choices=["local", "ray"], default=["local", "ray"] if _has_ray() else ["local"])
+    ap.add_argument("--engines", nargs="+", choices=["local", "ray"], default=["local", "ray"] if has_ray() else ["local"])
     ap.add_argument("--floor-rows", type=int, default=2_000_000, help="rows of output the encoder floor rewrites")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/features.json")
     args = ap.parse_args()

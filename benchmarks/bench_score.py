@@ -28,18 +28,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import machine, run_cli, run_cli_tree, write_results  # noqa: E402
+from common import has_ray, machine, run_cli, run_cli_tree, write_results  # noqa: E402
 
 KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
 DAILY_ROWS, WITHIN_S = 1_000_000_000, 3600
-
-
-def _has_ray() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def main() -> None:
@@ -48,7 +40,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-rows", type=int, default=100_000)
     ap.add_argument("--no-kuairand", action="store_true")
-    ap.add_argument("--engines", nargs="+", choices=["local", "ray"], default=["local", "ray"] if _has_ray() else ["local"])
+    ap.add_argument("--engines", nargs="+", choices=["local", "ray"], default=["local", "ray"] if has_ray() else ["local"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/score.json")
     args = ap.parse_args()
     import pyarrow.parquet as pq

@@ -18,6 +18,15 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
 
 
+def has_ray() -> bool:
+    """Whether the optional Ray extra is installed (the benchmarks' Ray columns need it)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def write_results(path: Path, payload: dict) -> None:
     """Write benchmark JSON atomically (temp file, then rename) and say where."""
     path.parent.mkdir(parents=True, exist_ok=True)

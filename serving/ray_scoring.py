@@ -47,6 +47,7 @@ from recsys_moe.data.raw import load_raw
 from recsys_moe.features.enrich import initial_state, joined_columns_only
 from recsys_moe.features.pointintime import HistoryState
 from recsys_moe.features.spec import FeatureSpec
+from recsys_moe.ray_cluster import connect
 from recsys_moe.registry import ResolvedModel
 from recsys_moe.resumable_parts import part_name
 from recsys_moe.serving.candidates import CandidateInputs
@@ -186,21 +187,6 @@ class ScoreParts:
                 "provider": np.array([self.session.provider] * len(names))}
 
 
-def _connect(address: str | None) -> bool:
-    """Join the cluster at ``address``, or start a Ray instance here; True when this call
-    started or joined it (so the job disconnects at its end)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"log_to_driver": True, "logging_level": logging.WARNING, "include_dashboard": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(**kwargs)
-    return True
-
-
 def score_on_ray(
     cfg: Config, model: ResolvedModel, files: list[storage.Location], output: storage.Location,
     state_dir: storage.Location | None = None, batch_rows: int = 100_000, providers: str = "auto",
@@ -225,7 +211,7 @@ def score_on_ray(
             on_rows(done)
     state_ts = HistoryState.last_event_ms(state_dir) if state_dir is not None else None  # (the actors load the state)
     if todo:
-        started = _connect(rc.address)
+        started = connect(rc.address)
         try:
             _run(ray, cfg, job, todo, state_dir, providers, on_rows)
         except ray.exceptions.RayError as exc:

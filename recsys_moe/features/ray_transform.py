@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,8 +53,8 @@ from recsys_moe.features.mapper import FeatureMapper
 from recsys_moe.features.pointintime import COUNTER_COLUMNS, LIST_COLUMNS, save_state_frames
 from recsys_moe.features.spec import FeatureSpec
 from recsys_moe.features.transform import PARQUET_COMPRESSION, TransformSummary
+from recsys_moe.ray_cluster import connect
 
-log = logging.getLogger(__name__)
 SIDES = {
     "user": ("user_id", [*LIST_COLUMNS, "hist_click_categories", *[c for c in COUNTER_COLUMNS if c.startswith("user_")]]),
     "item": ("item_id", [c for c in COUNTER_COLUMNS if c.startswith("item_")]),
@@ -143,15 +142,6 @@ def day_groups(days: list[tuple[dt.date, str, int]], groups: int) -> list[list[t
     return [days[i:i + size] for i in range(0, len(days), size)]
 
 
-def _connect(address: str | None) -> bool:
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(address=address or None, log_to_driver=True, logging_level=logging.WARNING, include_dashboard=False)
-    return True
-
-
 def transform_on_ray(
     cfg: Config, spec: FeatureSpec, out_dir: storage.Location, partitions: int, address: str | None = None,
     num_cpus: float = 1.0, overwrite: bool = False, chunk_rows: int | None = None,
@@ -172,7 +162,7 @@ def transform_on_ray(
     chunk = chunk_rows or spec.features.chunk_rows
     start = time.perf_counter()
     summary = TransformSummary(out_dir=out_dir, rows_out=dict.fromkeys(windows, 0))
-    started = _connect(address)
+    started = connect(address)
     try:
         with storage.new_folder(out_dir, overwrite) as tmp:
             scratch = storage.join(tmp, SCRATCH)

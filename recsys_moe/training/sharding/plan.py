@@ -30,6 +30,11 @@ OPTIMIZER_STATE_FACTOR = {"adagrad": 1.0, "adam": 2.0}
 """Optimiser state per table, as a multiple of the weights (Adagrad: one sum per value; Adam: two moments)."""
 
 
+def with_state(embedding_optimizer: str) -> float:
+    """A table's bytes with its optimiser state, as a multiple of its weights' bytes."""
+    return 1.0 + OPTIMIZER_STATE_FACTOR.get(embedding_optimizer, 2.0)
+
+
 @dataclass(frozen=True)
 class TableSize:
     module: str
@@ -71,7 +76,7 @@ def shard_decision(cfg: ShardingConfig, tables: list[TableSize], world_size: int
     if cfg.mode == "always":
         return True, "training.sharding.mode is always"
     budget = (cfg.table_budget_mb * 1024**2) if cfg.table_budget_mb else device_bytes // 4
-    factor = 1.0 + OPTIMIZER_STATE_FACTOR.get(embedding_optimizer, 2.0)
+    factor = with_state(embedding_optimizer)
     big = [t for t in tables if t.weight_bytes * factor > budget]
     if not big:
         return False, f"no table with its optimiser state exceeds the budget of {budget / 1024**2:,.0f} MiB"
@@ -190,7 +195,7 @@ class PlanSummary:
 
     def state_bytes_per_rank(self) -> list[int]:
         """Weights plus their optimiser state."""
-        factor = 1.0 + OPTIMIZER_STATE_FACTOR.get(self.embedding_optimizer, 2.0)
+        factor = with_state(self.embedding_optimizer)
         return [int(b * factor) for b in self.weight_bytes_per_rank()]
 
     def to_json(self) -> dict[str, Any]:
